@@ -142,8 +142,12 @@ class BaseStrategy:
     # =============================================================================================
     @property
     def _criterion(self) -> Callable[[Tensor, Tensor], Tensor]:
-        """Avalanche's name for the criterion."""
+        """Avalanche's name for the criterion (plugins ported from Avalanche assign it)."""
         return self.criterion
+
+    @_criterion.setter
+    def _criterion(self, value: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.criterion = value
 
     def stop_training(self) -> None:
         """Ask the loop to stop the current experience after the running iteration."""
@@ -394,6 +398,10 @@ class BaseStrategy:
                    t.to(self.device, non_blocking=non_blocking))
 
     def _check_output_width(self) -> None:
+        # Only a classification criterion indexes output units by class id; a plugin that
+        # swaps in another criterion (CoPE's embedding loss) is not held to class ids.
+        if not isinstance(self.criterion, (nn.CrossEntropyLoss, nn.NLLLoss)):
+            return
         exp = self.experience
         if exp is None or not exp.classes_in_this_experience or self.mb_output is None:
             return
