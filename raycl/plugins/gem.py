@@ -1,0 +1,235 @@
+"""GEM: Gradient Episodic Memory, projecting each update so no past experience's loss increases.
+
+Lopez-Paz and Ranzato 2017, "Gradient Episodic Memory for Continual Learning" (NeurIPS).
+After each experience ``patterns_per_experience`` random samples of it are stored. Every training
+step computes the gradient ``g_e`` of the mean loss on each past experience's memory (rows of G);
+when the current gradient g has ``G g < 0`` somewhere, the dual QP
+``min_v 1/2 v^T (G G^T + 1e-3 I) v + (G g)^T v  s.t.  v >= memory_strength`` is solved with
+quadprog in float64 and the gradient becomes ``G^T v + g``.
+
+Engineering, not math: the rows of G come from one vectorised pass (``torch.func``: ``vmap`` over
+experiences of ``grad`` of the mean loss) when the model allows it, else one backward per
+experience (e.g. multi-task models, whose routing depends on the data). The ridge 1e-3 leaves the
+constraints violated by up to ``1e-3 * v``; a few proximal-point steps (each a quadprog call with
+a shifted linear term, starting from the reference's solution) converge to the ridge-free
+solution, so ``G g >= 0`` holds to rounding after projection. Only parameters that have a gradient
+this step take part (the others keep ``grad is None``, so the optimizer leaves them alone).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from raycl.benchmarks.base import CLDataset, TensorCLDataset
+from raycl.models import MultiTaskModule
+from raycl.plugins._params import model_forward
+from raycl.plugins.base import StrategyPlugin
+from raycl.plugins.storage_policy import (
+    check_positive_int,
+    experience_data,
+    load_memory_state,
+    memory_state,
+    random_subset,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from raycl.training.strategy import BaseStrategy
+
+
+def loss_gradients(strategy: BaseStrategy, params: list[nn.Parameter], x: Tensor, y: Tensor,
+                   t: Tensor) -> list[Tensor]:
+    """Flattened gradient, per parameter, of the criterion on ``(x, y, t)`` (zeros if unused)."""
+    loss = strategy.criterion(model_forward(strategy.model, x, t), y)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [p.new_zeros(p.numel()) if g is None else g.reshape(-1)
+            for p, g in zip(params, grads, strict=True)]
+
+
+class GEMPlugin(StrategyPlugin):
+    """Gradient Episodic Memory.
+
+    Args:
+        patterns_per_experience: samples stored per experience (>= 1).
+        memory_strength: the QP's lower bound on the dual variables (>= 0); larger values push
+            the update further towards the past experiences' gradients.
+    """
+
+    ridge = 1e-3  # added to G G^T, as in the reference
+    refine_steps = 50  # at most this many proximal-point steps after the reference's solution
+    #: False: always one backward per past experience (on a CPU that can be as fast as vmap)
+    vectorize = True
+
+    def __init__(self, patterns_per_experience: int, memory_strength: float) -> None:
+        super().__init__()
+        self.patterns_per_experience = check_positive_int("patterns_per_experience",
+                                                          patterns_per_experience)
+        if isinstance(memory_strength, bool) or not isinstance(memory_strength, int | float):
+            raise TypeError(f"memory_strength must be a float >= 0, got "
+                            f"{type(memory_strength).__name__}")
+        if not memory_strength >= 0 or memory_strength == float("inf"):
+            raise ValueError(f"memory_strength must be a finite float >= 0, got {memory_strength}")
+        self.memory_strength = float(memory_strength)
+        self.ext_mem: dict[int, TensorCLDataset] = {}
+        self._blocks: list[Tensor] | None = None  # per parameter: (past exps, numel)
+        self._params: list[nn.Parameter] = []
+        self._stacks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # equal-size groups
+        self._vmap_ok: bool | None = None
+
+    # ---- memory ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_memory(self, dataset: CLDataset, t: int | None = None,
+                      device: torch.device | str | None = None) -> None:
+        """Store ``patterns_per_experience`` random samples of ``dataset`` as experience ``t``."""
+        t = len(self.ext_mem) if t is None else t
+        mem = random_subset(dataset, self.patterns_per_experience)
+        self.ext_mem[t] = mem.to(device) if device is not None else mem
+
+    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+        self.update_memory(experience_data(strategy), strategy.clock.train_exp_counter,
+                           strategy.device)
+
+    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+        # memories of equal size are stacked (experience, sample, ...) for the vectorised pass
+        by_size: dict[int, list[int]] = {}
+        mems = [m.to(strategy.device) for m in self.ext_mem.values()]
+        for i, m in enumerate(mems):
+            if len(m):
+                by_size.setdefault(len(m), []).append(i)
+        self._stacks = [(torch.tensor(rows, device=strategy.device),
+                         torch.stack([mems[i].x for i in rows]),
+                         torch.stack([mems[i].targets for i in rows]),
+                         torch.stack([mems[i].task_labels for i in rows]))
+                        for rows in by_size.values()]
+
+    # ---- gradients ------------------------------------------------------------------------------
+    @property
+    def G(self) -> Tensor | None:
+        """This step's past-experience gradients: one row per past experience (flat copy)."""
+        if self._blocks is None:
+            return None
+        return self._blocks[0] if len(self._blocks) == 1 else torch.cat(self._blocks, 1)
+
+    @G.setter
+    def G(self, value: Tensor | None) -> None:
+        # lets solve_quadprog(g) be called on a hand-made G, as with the reference's self.G
+        self._blocks = None if value is None else [value]
+
+    def before_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+        self._blocks = None
+        if not self._stacks:
+            return
+        # kept per parameter, (experiences, numel) each: no copy into one flat matrix
+        self._params = [p for p in strategy.model.parameters() if p.requires_grad]
+        vmap = self.vectorize and self._vmap_ok is not False
+        blocks = self._gradients_vmap(strategy) if vmap else None
+        if blocks is None:
+            rows = [loss_gradients(strategy, self._params, x[i], y[i], t[i])
+                    for _, x, y, t in self._stacks for i in range(len(x))]
+            blocks = [torch.stack(col) for col in zip(*rows, strict=True)]
+        if len(self._stacks) > 1:  # rows back in experience order
+            order = torch.argsort(torch.cat([rows for rows, *_ in self._stacks]))
+            blocks = [b[order] for b in blocks]
+        self._blocks = blocks
+
+    def _gradients_vmap(self, strategy: BaseStrategy) -> list[Tensor] | None:
+        """Blocks from one vectorised pass, or None if this model does not support it."""
+        if self._vmap_ok is None:  # first use: find out, leaving the RNG as if never tried
+            if isinstance(strategy.model, MultiTaskModule):
+                self._vmap_ok = False
+                return None
+            rng = torch.get_rng_state()
+            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            try:
+                blocks = self._vmap_pass(strategy)
+            except Exception as e:  # noqa: BLE001 - any failure means: one backward per experience
+                torch.set_rng_state(rng)
+                if cuda is not None:
+                    torch.cuda.set_rng_state_all(cuda)
+                warnings.warn(f"GEMPlugin: vectorised gradients unavailable for this model "
+                              f"({type(e).__name__}: {e}); using one backward per past experience",
+                              stacklevel=3)
+                self._vmap_ok = False
+                return None
+            self._vmap_ok = True
+            return blocks
+        return self._vmap_pass(strategy)
+
+    def _vmap_pass(self, strategy: BaseStrategy) -> list[Tensor]:
+        """``vmap`` over experiences of ``grad`` of the mean loss on each one's memory."""
+        from torch.func import functional_call, grad, vmap
+
+        model, criterion = strategy.model, strategy.criterion
+        named = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+        def loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            return criterion(functional_call(model, params, (x,)), y)
+
+        per_exp = vmap(grad(loss), in_dims=(None, 0, 0), randomness="different")
+        parts = []
+        for _, x, y, _ in self._stacks:
+            grads = per_exp(named, x, y)
+            parts.append([grads[n].reshape(len(x), -1) for n in named])
+        return parts[0] if len(parts) == 1 else [torch.cat(c) for c in zip(*parts, strict=True)]
+
+    @torch.no_grad()
+    def after_backward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+        if self._blocks is None:
+            return
+        have = [(b, g) for b, p in zip(self._blocks, self._params, strict=True)
+                if (g := p.grad) is not None]
+        blocks, grads = [b for b, _ in have], [g.reshape(-1) for _, g in have]
+        dots = torch.stack([b @ g for b, g in zip(blocks, grads, strict=True)]).sum(0)
+        if bool((dots < 0).any()):  # host sync: the QP runs on the CPU anyway
+            for (_, g), new in zip(have, self._project(blocks, grads), strict=True):
+                g.copy_(new.view_as(g))
+
+    def solve_quadprog(self, g: Tensor, G: Tensor | None = None) -> Tensor:
+        """The projected gradient ``G^T v + g`` for the dual QP's solution v (float64 solve)."""
+        G = self.G if G is None else G
+        if G is None:
+            raise RuntimeError("solve_quadprog: no past-experience gradients (G) to project on")
+        return self._project([G], [g])[0]
+
+    def _project(self, blocks: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        """Solve the dual QP for G (given in column blocks) and g; return G^T v + g in blocks."""
+        import quadprog
+
+        Gd, gd = [b.double() for b in blocks], [g.double() for g in grads]
+        gram = torch.stack([b @ b.T for b in Gd]).sum(0).cpu().numpy()
+        gram = 0.5 * (gram + gram.T)
+        Gg = torch.stack([b @ g for b, g in zip(Gd, gd, strict=True)]).sum(0).cpu().numpy()
+        if not (np.isfinite(gram).all() and np.isfinite(Gg).all()):
+            warnings.warn("GEMPlugin: non-finite gradients, step left unprojected", stacklevel=3)
+            return grads
+        # Solved for w = v / d with d = 1/sqrt(diag(gram) + ridge): the same minimiser, but a
+        # unit diagonal, so quadprog copes with gradients of very different sizes.
+        d = 1.0 / np.sqrt(np.diag(gram) + self.ridge)
+        eye, t = np.eye(len(d)), len(d)
+        scaled, q, low = gram * np.outer(d, d), Gg * d, self.memory_strength / d
+        w = quadprog.solve_qp(scaled + self.ridge * np.diag(d * d), -q, eye, low)[0]  # reference
+        # Proximal point on the ridge-free QP: each step leaves G g' = (lambda - rho dw) / d, so
+        # the constraints G g' >= 0 hold once w stops moving.
+        rho, tol = 1e-4, 1e-9 * max(float(np.abs(Gg).max()), 1e-30)
+        for _ in range(self.refine_steps if t else 0):
+            w_next = quadprog.solve_qp(scaled + rho * eye, -q + rho * w, eye, low)[0]
+            step = float((rho * np.abs(w_next - w) / d).max())
+            w = w_next
+            if step <= tol:
+                break
+        # in float64 too: v rounded to float32 would break the constraints by ~1e-7 * |G|^2
+        vd = torch.from_numpy(w * d).to(Gd[0])
+        return [(g + vd @ b).to(grads[0].dtype) for b, g in zip(Gd, gd, strict=True)]
+
+    # ---- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The episodic memory."""
+        return {"ext_mem": memory_state(self.ext_mem)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        load_memory_state(self.ext_mem, state["ext_mem"])
