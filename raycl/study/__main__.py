@@ -1,0 +1,99 @@
+"""``python -m raycl.study STUDY_FILE [options]``: run a hyperparameter study on Ray Tune.
+
+Exit status: 0 when every trial finished, 1 when some trial errored or the run was interrupted
+(finish it with ``--resume``), 2 for a study file that does not validate or a run that must not
+start; those print a single line ``error: ...`` on stderr before Ray is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m raycl.study",
+        description="Run a study of continual-learning strategies as Ray Tune trials and "
+                    "write trials/matrix/curves Parquet under STORAGE/<study name>/.")
+    p.add_argument("study_file", metavar="STUDY_FILE", help="a study file (studies/*.py)")
+    p.add_argument("--address", default=None,
+                   help="join a running Ray cluster ('auto' on a cluster node); default: "
+                        "start a local Ray and shut it down at the end")
+    p.add_argument("--storage", default="results", metavar="PATH_OR_URI",
+                   help="where results go: a path or a pyarrow URI such as s3://bucket/x "
+                        "(default: ./results)")
+    p.add_argument("--num-samples", type=_positive_int, default=None, metavar="N",
+                   help="configs per arm (overrides the study's num_samples)")
+    p.add_argument("--max-concurrent", type=_positive_int, default=None, metavar="N",
+                   help="most trials running at once")
+    p.add_argument("--gpus-per-trial", type=_non_negative, default=None, metavar="G",
+                   help="GPUs per trial, fractions allowed (default: 1 if the cluster has "
+                        "GPUs, else 0)")
+    p.add_argument("--cpus-per-trial", type=_non_negative, default=None, metavar="C",
+                   help="CPUs per trial (default: the study's, 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted study of the same name: finished trials are "
+                        "not rerun and no row is duplicated")
+    p.add_argument("--smoke", action="store_true",
+                   help="one sample per arm, one seed, one epoch, as study '<name>-smoke': a "
+                        "seconds-long check")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the study and print the trials that would run")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = parser().parse_args(argv)
+    from raycl.study.loader import StudyError
+
+    try:
+        from raycl.tune.runner import RunError, prepare_run, resources_text, run_study
+    except ImportError as err:  # Ray missing: still a one-line error
+        print(f"error: cannot import the Ray Tune layer: {err}", file=sys.stderr)
+        return 2
+    options = dict(storage=args.storage, num_samples=args.num_samples,
+                   max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
+                   cpus_per_trial=args.cpus_per_trial, resume=args.resume, smoke=args.smoke)
+    try:
+        prepared = prepare_run(args.study_file, check_storage=not args.dry_run, **options)
+    except (StudyError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from raycl.study.plan import arm_budget
+        from raycl.study.summary import describe
+
+        study = prepared.study
+        for line in describe(study, prepared.trials, arm_budget(study), resources_text(study)):
+            print(line)
+        print(f"results would go to {prepared.store.uri}")
+        return 0
+    try:
+        outcome = run_study(args.study_file, address=args.address, prepared=prepared,
+                            **options)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1 if (outcome.errored or outcome.interrupted) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The Ray Tune layer: the only part of raycl that imports Ray.
+
+* :mod:`raycl.tune.runner`: :func:`run_study`, what ``python -m raycl.study`` runs.
+* :mod:`raycl.tune.trainable`: the function trainable around ``raycl.study.run_trial``.
+* :mod:`raycl.tune.callbacks` / :mod:`raycl.tune.progress`: Parquet writing and the progress line.
+* :mod:`raycl.tune.search`: Optuna search that runs every config with every seed.
+* :mod:`raycl.tune.space`: checking and sampling Tune search spaces.
+
+Submodules load on first use, so ``import raycl.tune`` imports no Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "run_study": "runner",
+    "prepare_run": "runner",
+    "RunError": "runner",
+    "StudyOutcome": "runner",
+    "trainable": "trainable",
+    "ParquetCallback": "callbacks",
+    "ProgressCallback": "progress",
+    "SeededOptunaSearch": "search",
+    "sample_configs": "space",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'raycl.tune' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"raycl.tune.{module}"), name)

@@ -1,0 +1,79 @@
+"""Driver-side Tune callback that turns trial events into the study's Parquet tables."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pandas as pd
+from ray import tune
+
+from raycl.study.results import ResultStore
+
+__all__ = ["ParquetCallback", "error_line"]
+
+
+def error_line(trial: Any) -> str:
+    """The last meaningful line of a trial's error (``Type: message``), at most 500 chars."""
+    text = None
+    try:
+        # The driver writes the local copy as the failure is handled; the copy in storage
+        # (get_error) is synced later.
+        local = trial.error_file
+        if local and os.path.exists(local):
+            with open(local) as f:
+                text = f.read()
+        else:
+            text = trial.get_error()
+    except Exception:  # unreadable (remote storage, deleted folder): say so below
+        text = None
+    if not text:
+        return "trial failed (no error message recorded)"
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    # Tracebacks end with "Type: message"; ActorDiedError puts its reason first.
+    pick = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln), lines[-1])
+    return pick[:500]
+
+
+class ParquetCallback(tune.Callback):
+    """Records every report and trial outcome in a :class:`ResultStore` and rewrites the files
+    whenever a trial finishes (and when the experiment ends), so they are current after every
+    trial and readable even if the driver is killed."""
+
+    def __init__(self, store: ResultStore) -> None:
+        self.store = store
+        #: trial_id -> when it first started, for every trial of this run.
+        self.started: dict[str, pd.Timestamp] = {}
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Note when the trial first started (a restart after a failure keeps the first time and
+        its rows: it goes on from its checkpoint)."""
+        if trial.trial_id not in self.started:
+            self.started[trial.trial_id] = pd.Timestamp.now(tz="UTC")
+            self.store.forget_reports(trial.config["trial"]["trial_key"])
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
+                        result: dict[str, Any], **info: Any) -> None:
+        """One experience done: its curves row and accuracy-matrix row."""
+        if "experience" in result:
+            self.store.add_report(trial.config["trial"], trial.trial_id, result)
+
+    def _finish(self, trial: Any, status: str, error: str | None) -> None:
+        self.store.set_trial(trial.config["trial"], trial.trial_id, status,
+                             trial.last_result or {}, error=error,
+                             started_at=self.started.get(trial.trial_id),
+                             finished_at=pd.Timestamp.now(tz="UTC"))
+        self.store.write()
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        """A trial finished (or a scheduler stopped it): status TERMINATED."""
+        self._finish(trial, "TERMINATED", None)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A trial failed more than ``max_failures`` times: status ERROR with the message."""
+        self._finish(trial, "ERROR", error_line(trial))
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        """Write the files one last time (reports of trials still running when stopped)."""
+        self.store.write()

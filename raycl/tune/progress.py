@@ -1,0 +1,144 @@
+"""A one-line progress display for a running study (Ray's own trial table is switched off).
+
+On a terminal the line is redrawn in place as trials start, report and finish; in a log (not a
+TTY) it is printed at most every ``log_every`` seconds, and once at the end. Trial failures always
+get a line of their own with the message and the error file.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, TextIO
+
+from ray import tune
+
+from raycl.tune.callbacks import error_line
+
+__all__ = ["ProgressCallback"]
+
+
+class ProgressCallback(tune.Callback):
+    """Shows ``elapsed | done/total, running, errored | best <metric> (arm)``.
+
+    Args:
+        total: trials this run will start.
+        metric, mode: what "best" means.
+        already_done: trials finished by earlier runs (``--resume``), counted as done.
+        best: the best (value, arm) of those earlier runs.
+        out: where to write (stdout by default).
+        log_every: seconds between lines when ``out`` is not a terminal.
+    """
+
+    def __init__(self, total: int, metric: str, mode: str, already_done: int = 0,
+                 best: tuple[float, str] | None = None, out: TextIO | None = None,
+                 log_every: float = 10.0) -> None:
+        self.total = total + already_done
+        self.metric = metric
+        self.mode = mode
+        self.done = already_done
+        self.errored = 0
+        self.running = 0
+        self.best = best
+        self.out = out or sys.stdout
+        self.tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self.log_every = log_every
+        self.start = time.monotonic()
+        self._last_print = 0.0
+        self._width = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment; a stream (a terminal, pytest's
+        # capture) is not picklable and is not needed to restore anything.
+        state = dict(self.__dict__)
+        state["out"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.out = sys.stdout
+
+    # ---- display ----------------------------------------------------------------------------
+    def line(self) -> str:
+        """The status line as it would be shown now."""
+        elapsed = time.monotonic() - self.start
+        best = "-" if self.best is None else f"{self.best[0]:.4f} ({self.best[1]})"
+        return (f"[{elapsed:6.1f}s] trials {self.done}/{self.total} done, "
+                f"{self.running} running, {self.errored} errored | "
+                f"best {self.metric} {best}")
+
+    def _show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            text = self.line()
+            pad = max(0, self._width - len(text))
+            self.out.write("\r" + text + " " * pad)
+            self._width = len(text)
+            self.out.flush()
+        elif force or now - self._last_print >= self.log_every:
+            print(self.line(), file=self.out, flush=True)
+            self._last_print = now
+
+    def _message(self, text: str) -> None:
+        if self.tty and self._width:
+            self.out.write("\r" + " " * self._width + "\r")
+            self._width = 0
+        print(text, file=self.out, flush=True)
+
+    # ---- Tune events ------------------------------------------------------------------------
+    def _count(self, trials: list[Any], ended: Any = None) -> None:
+        # From the trials' states: a trial started on a reused process gets no start event.
+        # ``ended`` may still say RUNNING while its end is being reported.
+        self.running = sum(t.status == "RUNNING" and t is not ended for t in trials)
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A trial started (or restarted)."""
+        self._count(trials)
+        self._show()
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
+                        result: dict[str, Any], **info: Any) -> None:
+        """Track the best value of the metric reported so far."""
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            better = (self.best is None or (value > self.best[0] if self.mode == "max"
+                                            else value < self.best[0]))
+            if better:
+                self.best = (float(value), str(trial.config["trial"]["arm"]))
+        self._count(trials)
+        self._show()
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        """One more trial done."""
+        self._count(trials, trial)
+        self.done += 1
+        self._show()
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
+                         **info: Any) -> None:
+        """A trial failed and will restart from its last checkpoint."""
+        self._count(trials, trial)
+        spec = trial.config["trial"]
+        self._message(f"trial {trial.trial_id} ({spec['arm']}, seed {spec['seed']}) failed; "
+                      f"restarting from its last checkpoint: {error_line(trial)}")
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A trial errored for good: say which, why, and where its log is."""
+        self._count(trials, trial)
+        self.errored += 1
+        spec = trial.config["trial"]
+        where = f" (details: {trial.error_file})" if getattr(trial, "error_file", None) else ""
+        self._message(f"trial {trial.trial_id} ({spec['arm']}, seed {spec['seed']}) errored: "
+                      f"{error_line(trial)}{where}")
+        self._show(force=True)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        """Final line."""
+        if self.tty:
+            self._show()
+            self.out.write("\n")
+            self.out.flush()
+        else:
+            self._show(force=True)

@@ -1,0 +1,105 @@
+"""Small study files for the study and Tune tests, written into a test's temporary folder."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+#: A seconds-long study on the split digits: a baseline, EWC and SI, two seeds.
+TINY = '''
+from ray import tune
+
+from raycl.plugins import EWCPlugin, SynapticIntelligencePlugin
+from raycl.study import Arm, Benchmark, Model, Optimizer, Study
+
+study = Study(
+    name="tiny",
+    benchmark=Benchmark("split_digits", n_experiences=5),
+    model=Model("mlp", hidden_size=32, hidden_layers=1),
+    optimizer=Optimizer("sgd", lr=0.05, momentum=0.9),
+    train_epochs=1,
+    train_mb_size=64,
+    arms=[
+        Arm("naive", baseline=True),
+        Arm("ewc", lambda c: [EWCPlugin(c["ewc_lambda"])],
+            {"ewc_lambda": tune.loguniform(1.0, 100.0)}),
+        Arm("si", lambda c: [SynapticIntelligencePlugin(c["si_lambda"])],
+            {"si_lambda": tune.grid_search([0.1, 1.0])}),
+    ],
+    seeds=[0, 1],
+    num_samples=2,
+)
+'''
+
+#: Two identical arms, except that one trial of "dies" kills its own process after its second
+#: experience (the first time only: an atomically created marker file says it happened), and an
+#: arm whose trials always fail in their second experience. Every experience's training is
+#: logged with the process's visible GPU, to check GPU exclusivity.
+DIES = '''
+import os
+import time
+from pathlib import Path
+
+from raycl.plugins import StrategyPlugin
+from raycl.study import Arm, Benchmark, Model, Study
+
+HERE = Path(__file__).parent
+
+
+class LogGPU(StrategyPlugin):
+    """Appends "pid gpu start end" for every training experience to gpu.log."""
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.start = time.time()
+
+    def after_training_exp(self, strategy, **kwargs):
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES") or "-"
+        with open(HERE / "gpu.log", "a") as log:
+            log.write(f"{os.getpid()} {gpu} {self.start} {time.time()}\\n")
+
+
+class DieOnce(StrategyPlugin):
+    """Ends the process (no exception, no cleanup) before experience 2, once per study."""
+
+    def before_training_exp(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter == 2:
+            try:
+                fd = os.open(HERE / "died.marker", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.close(fd)
+            os._exit(1)
+
+
+class Broken(StrategyPlugin):
+    """Raises in its second experience, on every attempt: the trial ends in ERROR."""
+
+    def before_training_exp(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter == 1:
+            raise RuntimeError("broken on purpose")
+
+
+study = Study(
+    name="dies",
+    benchmark=Benchmark("split_digits", n_experiences=5),
+    model=Model("mlp", hidden_size=32, hidden_layers=1),
+    train_epochs=1,
+    train_mb_size=64,
+    arms=[Arm("clean", lambda c: [LogGPU()], baseline=True),
+          Arm("dies", lambda c: [LogGPU(), DieOnce()], baseline=True),
+          Arm("broken", lambda c: [Broken()], baseline=True)],
+    seeds=[0, 1],
+    max_failures=1,
+)
+'''
+
+
+def write_study(folder: Path, text: str, name: str = "study.py",
+                replace: dict[str, str] | None = None) -> Path:
+    """Write a study file (after the ``replace`` substitutions) and return its path."""
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path

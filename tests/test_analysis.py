@@ -1,0 +1,401 @@
+"""raycl.analysis: loading study Parquet, summaries, derived tables, Pareto fronts, figures."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic_study import make_synthetic_tables, study_results, write_synthetic_study
+
+import raycl.analysis as rca
+
+TRIALS_COLUMNS = ("study", "trial_id", "arm", "seed", "status", "error", "experiences_done",
+                  "final_avg_accuracy", "avg_forgetting", "bwt", "train_time_s", "device",
+                  "started_at", "finished_at", "schema_version")
+MATRIX_COLUMNS = ("study", "trial_id", "arm", "seed", "trained_exp", "eval_exp", "accuracy",
+                  "loss", "schema_version")
+
+
+@pytest.fixture(scope="session")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's study (the real smoke study when the study layer exists)."""
+    return study_results(tmp_path_factory)[0]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> rca.StudyResults:
+    """A synthetic study with 4 arms, 3 seeds, 3 configs per searched arm, one ERROR trial."""
+    return rca.load_study(write_synthetic_study(tmp_path_factory.mktemp("s") / "synth"))
+
+
+def _trial(arm: str, seed: int, metric: float, status: str = "TERMINATED", done: int = 5,
+           **params: object) -> dict[str, object]:
+    return {"study": "hand", "trial_id": f"{arm}-{len(params)}-{seed}-{metric}", "arm": arm,
+            "seed": seed, "status": status, "experiences_done": done,
+            "final_avg_accuracy": metric, "train_time_s": 1.0,
+            **{f"param_{k}": v for k, v in params.items()}}
+
+
+@pytest.fixture
+def hand_trials() -> pd.DataFrame:
+    """Trials whose summary is checked by hand below."""
+    rows = [
+        _trial("ewc", 0, 0.5, ewc_lambda=1.0), _trial("ewc", 1, 0.7, ewc_lambda=1.0),
+        _trial("ewc", 0, 0.8, ewc_lambda=10.0), _trial("ewc", 1, 0.6, ewc_lambda=10.0),
+        _trial("ewc", 0, math.nan, status="ERROR", done=2, ewc_lambda=100.0),
+        # Stopped early by a scheduler: its high score covers 2 experiences, it must not win.
+        _trial("ewc", 1, 0.99, done=2, ewc_lambda=100.0),
+        _trial("naive", 0, 0.2), _trial("naive", 1, 0.3), _trial("naive", 2, 0.4),
+    ]
+    frame = pd.DataFrame(rows)
+    frame.loc[frame["arm"] == "naive", "param_ewc_lambda"] = np.nan
+    return frame
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_load_study_reads_the_three_tables(tmp_path: Path) -> None:
+    trials, matrix, curves = make_synthetic_tables(study="a")
+    directory = write_synthetic_study(tmp_path / "a", study="a")
+    results = rca.load_study(directory)
+    assert isinstance(results, rca.StudyResults)
+    assert len(results.trials) == len(trials) and len(results.matrix) == len(matrix)
+    assert len(results.curves) == len(curves)
+    assert set(TRIALS_COLUMNS) <= set(results.trials.columns)
+    assert str(results.trials["started_at"].dt.tz) == "UTC"
+    # A path to one of the files and a file:// URI name the same study.
+    same = rca.load_study(os.path.join(directory, "trials.parquet"))
+    pd.testing.assert_frame_equal(same.trials, results.trials)
+    from_uri = rca.load_study(Path(directory).resolve().as_uri())
+    pd.testing.assert_frame_equal(from_uri.matrix, results.matrix)
+
+
+def test_load_study_concatenates_studies(tmp_path: Path) -> None:
+    a = write_synthetic_study(tmp_path / "a", study="a")
+    write_synthetic_study(tmp_path / "b", study="b", seeds=(0,), with_error=False)
+    both = rca.load_study([a, tmp_path / "b"])
+    assert set(both.trials["study"]) == {"a", "b"}
+    assert both.trials["trial_id"].duplicated().any()  # ids repeat across studies...
+    assert not both.trials[["study", "trial_id"]].duplicated().any()  # ...not within one
+    # A storage root holding several study directories loads all of them.
+    root = rca.load_study(tmp_path)
+    assert len(root.trials) == len(both.trials) and len(root.matrix) == len(both.matrix)
+    table = rca.summary(both.trials)
+    assert sorted(zip(table["study"], table["arm"], strict=True)) == sorted(
+        (s, arm) for s in "ab" for arm in ("ewc", "naive", "online_ewc", "si"))
+
+
+def test_load_study_tolerates_missing_files_and_columns(tmp_path: Path) -> None:
+    directory = write_synthetic_study(tmp_path / "s", drop_columns=("fwt", "peak_memory_mb"))
+    os.remove(os.path.join(directory, "curves.parquet"))
+    results = rca.load_study(directory)
+    assert results.curves.empty and "trial_id" in results.curves.columns
+    assert "peak_memory_mb" not in results.trials.columns
+    assert len(rca.summary(results.trials)) == 4
+    fig = rca.plot_cost(results.trials)
+    assert "peak memory (MB) not recorded" in fig.get_suptitle()
+    assert [ax.get_xlabel() for ax in fig.axes] == ["training time (s)"]
+    with pytest.raises(FileNotFoundError, match="trials.parquet"):
+        rca.load_study(tmp_path / "nothing_here")
+
+
+def test_load_study_rejects_a_table_without_required_columns(tmp_path: Path) -> None:
+    pd.DataFrame({"trial_id": ["1"], "status": ["TERMINATED"]}).to_parquet(
+        tmp_path / "trials.parquet")
+    with pytest.raises(ValueError, match="arm"):
+        rca.load_study(tmp_path)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def test_summary_by_hand(hand_trials: pd.DataFrame) -> None:
+    table = rca.summary(hand_trials)
+    assert list(table["arm"]) == ["ewc", "naive"]  # best arm first
+    ewc = table.iloc[0]
+    assert ewc["best_config"] == {"ewc_lambda": 10.0}
+    assert ewc["mean"] == pytest.approx(0.7)
+    assert ewc["std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.8 and 0.6
+    assert (ewc["n_seeds"], ewc["n_configs"], ewc["n_trials"]) == (2, 2, 6)
+    assert (ewc["n_errored"], ewc["n_stopped"]) == (1, 1)
+    naive = table.iloc[1]
+    assert naive["best_config"] == {}
+    assert naive["mean"] == pytest.approx(0.3) and naive["std"] == pytest.approx(0.1)
+    assert (naive["n_seeds"], naive["n_errored"]) == (3, 0)
+    assert table.attrs == {"metric": "final_avg_accuracy", "mode": "max"}
+
+
+def test_summary_min_mode_and_other_metric(hand_trials: pd.DataFrame) -> None:
+    table = rca.summary(hand_trials, mode="min")
+    assert list(table["arm"]) == ["naive", "ewc"]
+    assert table.set_index("arm").loc["ewc", "best_config"] == {"ewc_lambda": 1.0}
+    assert table.set_index("arm").loc["ewc", "mean"] == pytest.approx(0.6)
+    hand_trials["train_time_s"] = np.arange(len(hand_trials), dtype=float)
+    by_time = rca.summary(hand_trials, metric="train_time_s", mode="min").set_index("arm")
+    assert by_time.loc["ewc", "best_config"] == {"ewc_lambda": 1.0}  # rows 0 and 1: mean 0.5
+
+
+def test_summary_arm_with_only_errors(hand_trials: pd.DataFrame) -> None:
+    broken = pd.DataFrame([_trial("si", s, math.nan, status="ERROR", si_lambda=1.0)
+                           for s in (0, 1)])
+    table = rca.summary(pd.concat([hand_trials, broken], ignore_index=True)).set_index("arm")
+    assert table.loc["si", "best_config"] is None and math.isnan(table.loc["si", "mean"])
+    assert (table.loc["si", "n_errored"], table.loc["si", "n_trials"]) == (2, 2)
+    assert table.index[-1] == "si"  # arms without a result sort last
+
+
+def test_summary_rejects_bad_arguments(hand_trials: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        rca.summary(hand_trials, mode="best")
+    with pytest.raises(ValueError, match="no_such_metric"):
+        rca.summary(hand_trials, metric="no_such_metric")
+
+
+def test_best_trials_are_the_best_configs_seeds(synth: rca.StudyResults) -> None:
+    best = rca.best_trials(synth.trials)
+    table = rca.summary(synth.trials).set_index("arm")
+    for arm, rows in best.groupby("arm"):
+        assert len(rows) == table.loc[arm, "n_seeds"]
+        assert rows["final_avg_accuracy"].mean() == pytest.approx(table.loc[arm, "mean"])
+        assert (rows["status"] == "TERMINATED").all()
+
+
+# --------------------------------------------------------------------------- matrices
+
+
+def test_accuracy_matrix_shape_and_values(synth: rca.StudyResults) -> None:
+    trial = synth.trials[synth.trials["status"] == "TERMINATED"].iloc[4]
+    table = rca.accuracy_matrix(synth.matrix, trial["trial_id"])
+    assert table.shape == (5, 5)
+    assert list(table.index) == list(range(5)) and list(table.columns) == list(range(5))
+    rows = synth.matrix[synth.matrix["trial_id"] == trial["trial_id"]]
+    for row in rows.itertuples():
+        assert table.loc[row.trained_exp, row.eval_exp] == row.accuracy
+    # The last row's mean is the trial's final average accuracy.
+    assert table.iloc[-1].mean() == pytest.approx(trial["final_avg_accuracy"])
+    by_key = rca.accuracy_matrix(synth.matrix, trial["trial_key"])
+    pd.testing.assert_frame_equal(by_key, table)
+    loss = rca.accuracy_matrix(synth.matrix, trial["trial_id"], value="loss")
+    assert loss.shape == (5, 5) and (loss.to_numpy() >= 0).all()
+
+
+def test_accuracy_matrix_partial_run_and_errors(synth: rca.StudyResults) -> None:
+    errored = synth.trials[synth.trials["status"] == "ERROR"].iloc[0]
+    partial = rca.accuracy_matrix(synth.matrix, errored["trial_id"])
+    assert partial.shape == (errored["experiences_done"], 5)
+    with pytest.raises(ValueError, match="no matrix rows"):
+        rca.accuracy_matrix(synth.matrix, "does-not-exist")
+    # One trial that trained two seeds needs the seed.
+    two_seeds = synth.matrix[synth.matrix["trial_id"].isin(["00001", "00002"])].copy()
+    two_seeds["trial_id"] = "shared"
+    two_seeds = two_seeds.drop(columns="trial_key")
+    with pytest.raises(ValueError, match="seed"):
+        rca.accuracy_matrix(two_seeds, "shared")
+    assert rca.accuracy_matrix(two_seeds, "shared", seed=1).shape == (5, 5)
+
+
+def _hand_matrix() -> pd.DataFrame:
+    values = [[0.9, 0.0, 0.0], [0.6, 0.8, 0.0], [0.3, 0.5, 0.7]]
+    return pd.DataFrame([{"study": "s", "trial_id": "t", "seed": 0, "arm": "a",
+                          "trained_exp": t, "eval_exp": e, "accuracy": values[t][e]}
+                         for t in range(3) for e in range(3)])
+
+
+def test_average_accuracy_and_forgetting_by_hand() -> None:
+    avg = rca.average_accuracy_per_experience(_hand_matrix())
+    assert avg["avg_accuracy"].tolist() == pytest.approx([0.9, 0.7, 0.5])
+    forgetting = rca.forgetting_per_experience(_hand_matrix())
+    assert forgetting["eval_exp"].tolist() == [0, 1]
+    assert forgetting["forgetting"].tolist() == pytest.approx([0.6, 0.3])
+
+
+# --------------------------------------------------------------------------- Pareto front
+
+
+def test_pareto_front_by_hand() -> None:
+    points = pd.DataFrame({
+        "cost": [1.0, 2.0, 2.0, 3.0, 4.0, 1.0, np.nan, 5.0],
+        "acc": [0.5, 0.7, 0.6, 0.7, 0.9, 0.5, 1.0, 0.9],
+    }, index=list("abcdefgh"))
+    front = rca.pareto_front(points, "cost", "acc")
+    # c is beaten by b; d ties b's accuracy at a higher cost; h ties e at a higher cost; g has
+    # no cost; a and f are the same point (neither dominates the other).
+    assert sorted(front[front].index) == ["a", "b", "e", "f"]
+    low = rca.pareto_front(points, "cost", "acc", mode="min")
+    assert sorted(low[low].index) == ["a", "f"]
+
+
+def test_pareto_front_matches_the_definition_on_random_points() -> None:
+    rng = np.random.default_rng(3)
+    points = pd.DataFrame({"cost": rng.integers(0, 8, 200).astype(float),
+                           "acc": rng.integers(0, 8, 200) / 8})
+    front = rca.pareto_front(points, "cost", "acc").to_numpy()
+    c, a = points["cost"].to_numpy(), points["acc"].to_numpy()
+    weakly = (c[None, :] <= c[:, None]) & (a[None, :] >= a[:, None])
+    strictly = (c[None, :] < c[:, None]) | (a[None, :] > a[:, None])
+    dominated = (weakly & strictly).any(axis=1)
+    assert (front == ~dominated).all() and front.any()
+
+
+# --------------------------------------------------------------------------- colours
+
+
+def test_arm_colours_are_stable_and_distinct() -> None:
+    assert rca.arm_color("ewc") == rca.KNOWN_ARM_COLORS["ewc"] == rca.arm_color("EWC")
+    small = rca.arm_colors(["ewc", "si"])
+    large = rca.arm_colors(["naive", "si", "ewc", "my_arm", "other_arm", "third"])
+    assert small["ewc"] == large["ewc"] and small["si"] == large["si"]
+    many = rca.arm_colors([f"arm{i}" for i in range(12)] + ["ewc", "si", "naive"])
+    assert len(set(many.values())) == len(many)  # checksum clashes are moved apart
+    two_studies = rca.arm_colors(["a:ewc", "b:ewc"])
+    assert len(set(two_studies.values())) == 2
+    # The same name gets the same colour in another process (no salted hash()).
+    code = "import raycl.analysis as r; print(r.arm_color('my_arm'))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert other.stdout.strip() == rca.arm_color("my_arm")
+
+
+def _line_colours(fig: object) -> dict[str, str]:
+    from matplotlib.colors import to_hex
+
+    return {line.get_label().split(" (")[0]: to_hex(line.get_color())
+            for ax in fig.axes for line in ax.get_lines()  # type: ignore[attr-defined]
+            if not line.get_label().startswith("_")}
+
+
+def test_figures_share_arm_colours(synth: rca.StudyResults) -> None:
+    from matplotlib.colors import to_hex
+    from matplotlib.container import BarContainer
+
+    curves = _line_colours(rca.plot_avg_accuracy_curves(synth.trials, synth.matrix))
+    assert curves == {arm: rca.arm_color(arm) for arm in ("ewc", "naive", "online_ewc", "si")}
+    legend = rca.plot_cost(synth.trials).legends[0]
+    handles: list[Any] = list(legend.legend_handles)
+    scatter = {text.get_text(): to_hex(handle.get_facecolor()[0])
+               for text, handle in zip(legend.get_texts(), handles, strict=True)
+               if text.get_text() in curves}
+    assert scatter == curves
+    containers: list[Any] = list(
+        rca.plot_forgetting(synth.trials, synth.matrix).axes[0].containers)
+    bars = {c.get_label(): to_hex(c.patches[0].get_facecolor()) for c in containers
+            if isinstance(c, BarContainer)}
+    assert bars == curves
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_infer_log_scale() -> None:
+    rng = np.random.default_rng(0)
+    assert rca.infer_log_scale([1, 10, 100, 1000])
+    assert rca.infer_log_scale([1, 10, 100])  # a geometric grid over two decades
+    assert rca.infer_log_scale(10 ** rng.uniform(-2, 0, 30))  # log-uniform over two decades
+    assert not rca.infer_log_scale(rng.uniform(1, 100, 30))  # uniform over two decades
+    assert not rca.infer_log_scale([0.5, 0.7, 0.9])
+    assert not rca.infer_log_scale([-1.0, 10.0, 1000.0])
+    assert not rca.infer_log_scale(["class", "experience"])
+
+
+def test_study_figures_are_labelled(synth: rca.StudyResults) -> None:
+    figures = rca.study_figures(synth.trials, synth.matrix)
+    assert set(figures) == {"accuracy_matrices", "avg_accuracy", "forgetting", "sensitivity",
+                            "cost"}
+    for name, fig in figures.items():
+        title = fig.get_suptitle() or " ".join(ax.get_title() for ax in fig.axes)
+        assert title.strip(), name
+        assert "excluded: 1 errored trial" in title, name
+        for ax in fig.axes:
+            if ax.get_visible() and ax.get_label() != "<colorbar>" and ax.has_data():
+                assert ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+
+
+def test_figures_exclude_errored_and_incomplete_trials(synth: rca.StudyResults) -> None:
+    done = rca.completed_trials(synth.trials)
+    assert len(done) == len(synth.trials) - 1
+    fig = rca.plot_cost(synth.trials)
+    ax = fig.axes[0]
+    collections: list[Any] = list(ax.collections)
+    # Filled dots are trials; the hollow circles on top mark the Pareto front.
+    plotted = sum(len(c.get_offsets()) for c in collections if len(c.get_facecolor()))
+    assert plotted == len(done)
+
+
+def test_plot_accuracy_matrix_annotates_every_cell(synth: rca.StudyResults) -> None:
+    fig = rca.plot_accuracy_matrix(synth.matrix, "00001")
+    ax = fig.axes[0]
+    assert len(ax.texts) == 25
+    table = rca.accuracy_matrix(synth.matrix, "00001")
+    assert ax.texts[0].get_text() == f"{table.iat[0, 0]:.2f}"
+    assert fig.axes[1].get_ylabel() == "accuracy (0–1)"  # the colour bar states the unit
+
+
+def test_plot_sensitivity_axes(hand_trials: pd.DataFrame) -> None:
+    rows = []
+    for seed in (0, 1):
+        for lr, decay, policy in [(1e-3, 0.5, "class"), (1e-2, 0.7, "experience"),
+                                  (1e-1, 0.9, "class"), (1.0, 0.8, "experience")]:
+            rows.append(_trial("replay", seed, 0.3 + decay / 2 + seed / 100, lr=lr, decay=decay,
+                               policy=policy))
+    trials = pd.concat([hand_trials, pd.DataFrame(rows)], ignore_index=True)
+    fig = rca.plot_sensitivity(trials)
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert set(axes) == {"ewc_lambda", "lr", "decay", "policy"}
+    assert axes["lr"].get_xscale() == "log" and axes["decay"].get_xscale() == "linear"
+    assert [t.get_text() for t in axes["policy"].get_xticklabels()] == ["class", "experience"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"ewc", "replay", "naive (no parameters)", "best config of each arm"} <= set(labels)
+
+
+def test_figures_of_several_studies(tmp_path: Path) -> None:
+    write_synthetic_study(tmp_path / "a", study="a")
+    write_synthetic_study(tmp_path / "b", study="b", seeds=(0, 1), rng_seed=1)
+    results = rca.load_study(tmp_path)
+    curves = _line_colours(rca.plot_avg_accuracy_curves(results.trials, results.matrix))
+    assert len(curves) == 8 and "a:ewc" in curves and "b:ewc" in curves
+    assert len(set(curves.values())) == 8
+
+
+def test_percent_accuracy_is_labelled_as_percent(synth: rca.StudyResults) -> None:
+    matrix = synth.matrix.assign(accuracy=synth.matrix["accuracy"] * 100)
+    trials = synth.trials.assign(final_avg_accuracy=synth.trials["final_avg_accuracy"] * 100)
+    fig = rca.plot_avg_accuracy_curves(trials, matrix)
+    assert "(%)" in fig.axes[0].get_ylabel() and fig.axes[0].get_ylim()[1] > 100
+    assert "(%)" in rca.metric_label("final_avg_accuracy", trials["final_avg_accuracy"])
+    assert rca.metric_label("train_time_s") == "training time (s)"
+
+
+def test_import_is_light() -> None:
+    code = "import sys, raycl.analysis; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- the real study
+
+
+@pytest.mark.ray  # uses the smoke study, which starts Ray once per session
+def test_study_tables_have_the_columns_the_analysis_reads(study_dir: Path) -> None:
+    results = rca.load_study(study_dir)
+    assert set(TRIALS_COLUMNS) <= set(results.trials.columns)
+    assert set(MATRIX_COLUMNS) <= set(results.matrix.columns)
+    assert {"study", "trial_id", "arm", "seed", "experience"} <= set(results.curves.columns)
+    assert set(results.trials["status"]) <= {"TERMINATED", "ERROR"}
+    table = rca.summary(results.trials)
+    assert set(table["arm"]) == set(results.trials["arm"])
+    finished = table[table["n_seeds"] > 0]
+    assert len(finished) and finished["mean"].between(0, 1).all()
+    for row in rca.best_trials(results.trials).itertuples():
+        matrix = rca.accuracy_matrix(results.matrix, row.trial_id, seed=row.seed)
+        assert matrix.shape[0] == row.experiences_done
+        # The final row's mean over experiences is the trial's final average accuracy.
+        assert matrix.iloc[-1].mean() == pytest.approx(row.final_avg_accuracy, abs=1e-6)

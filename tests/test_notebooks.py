@@ -1,0 +1,81 @@
+"""The analysis notebooks: committed without outputs, and they run headless and draw figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from synthetic_study import REPO, study_results
+
+NOTEBOOKS = ("compare_arms", "sensitivity", "cost")
+
+
+@pytest.fixture(scope="session")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's study (the real smoke study when the study layer exists)."""
+    return study_results(tmp_path_factory)[0]
+
+
+@pytest.fixture(scope="session")
+def venv_kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A "python3" kernelspec that runs this interpreter, first on the Jupyter path.
+
+    Without it a user-level python3 kernelspec (in ~/.local/share/jupyter) could start another
+    Python that lacks raycl; JUPYTER_PATH is searched before every other location.
+    """
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (raycl venv)", "language": "python"}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUPYTER_PATH", str(root))
+        yield "python3"
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(REPO / "analysis" / f"{name}.ipynb", as_version=4)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_committed_clean(name: str) -> None:
+    notebook = _read(name)
+    nbformat.validate(notebook)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert 'STUDY_DIR = os.environ.get("RAYCL_STUDY_DIR", "results/ewc_vs_si")' in code[0].source
+    assert len(notebook.cells) <= 12  # short
+    # The committed file is what analysis/build_notebooks.py writes (one source of truth).
+    spec = importlib.util.spec_from_file_location("build_notebooks",
+                                                  REPO / "analysis" / "build_notebooks.py")
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    built = builder.build(name, builder.NOTEBOOKS[name])
+    assert [c.source for c in built.cells] == [c.source for c in notebook.cells]
+
+
+@pytest.mark.ray  # uses the smoke study, which starts Ray once per session
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_headless_and_draws(name: str, study_dir: Path, venv_kernel: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAYCL_STUDY_DIR", str(study_dir))  # the kernel inherits it
+    notebook = _read(name)
+    client = NotebookClient(notebook, kernel_name=venv_kernel, timeout=120,
+                            resources={"metadata": {"path": str(REPO)}})
+    client.execute()  # raises CellExecutionError on any failing cell
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if o.output_type in ("display_data", "execute_result")
+              and "image/png" in o.get("data", {})]
+    assert images, f"{name} drew no figure"
+    # The notebook loaded the study it was pointed at, not the default path.
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "trials," in printed

@@ -1,0 +1,172 @@
+"""Studies on a real (local) Ray: fake GPUs, a trial that dies, a killed driver, Optuna + ASHA.
+
+One Ray instance (2 CPUs, 2 fake GPUs) serves the whole module: starting Ray costs ~5 s here.
+The killed-driver test runs the CLI as a subprocess joined to that instance with ``--address``,
+so killing it (by pid) leaves no Ray processes of its own behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from study_files import DIES, TINY, write_study
+
+from raycl.study.__main__ import main
+from raycl.tune.runner import run_study
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    ray = pytest.importorskip("ray")
+    context = ray.init(num_cpus=2, num_gpus=2, include_dashboard=False,
+                       logging_level="WARNING")
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+
+
+def _intervals(log: Path) -> pd.DataFrame:
+    rows = [line.split() for line in log.read_text().splitlines()]
+    return pd.DataFrame(rows, columns=["pid", "gpu", "start", "end"]).astype(
+        {"start": float, "end": float})
+
+
+def test_fake_gpus_one_trial_per_gpu_and_a_killed_trial_resumes(ray_address, tmp_path):
+    path = write_study(tmp_path, DIES)
+    out = io.StringIO()
+    outcome = run_study(path, storage=str(tmp_path / "results"), gpus_per_trial=1, out=out)
+    assert (outcome.finished, outcome.errored, outcome.interrupted) == (4, 2, False)
+    printed = out.getvalue()
+    assert "restarting from its last checkpoint" in printed
+    assert printed.count("errored: RuntimeError: broken on purpose") == 2
+
+    # every experience of every attempt ran on its own fake GPU: never two at once on one GPU
+    spans = _intervals(tmp_path / "gpu.log")
+    assert set(spans["gpu"]) == {"0", "1"}
+    for _, a in spans.iterrows():
+        overlapping = spans[(spans["start"] < a["end"]) & (spans["end"] > a["start"])]
+        assert len(overlapping) <= 2
+        assert overlapping["gpu"].is_unique, overlapping
+
+    trials = pd.read_parquet(outcome.paths["trials"])
+    broken = trials[trials["arm"] == "broken"]
+    assert set(broken["status"]) == {"ERROR"} and (broken["experiences_done"] == 1).all()
+    assert broken["error"].str.contains("RuntimeError: broken on purpose").all()
+    trials = trials[trials["arm"] != "broken"]
+    assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"}
+    assert (trials["experiences_done"] == 5).all()
+    # Ray granted a GPU, torch sees none: the trial trained on the CPU and recorded both facts
+    assert set(trials["device"]) == {"cpu"} and set(trials["gpu_ids"]) <= {"0", "1"}
+    curves = pd.read_parquet(outcome.paths["curves"])
+    assert curves["device_note"].str.contains("torch sees no CUDA device").all()
+    assert not curves.duplicated(["trial_key", "experience"]).any()
+    assert len(curves) == 4 * 5 + 2 * 1  # the errored trials' first experience is kept
+    matrix = pd.read_parquet(outcome.paths["matrix"])
+    assert len(matrix) == (4 * 5 + 2 * 1) * 5
+    assert not matrix.duplicated(["trial_key", "trained_exp", "eval_exp"]).any()
+
+    # one trial of "dies" ended its process after experience 2; it went on from its checkpoint
+    assert (tmp_path / "died.marker").exists()
+    restarted = curves[curves["resumed_from"] > 0]
+    assert list(restarted["arm"].unique()) == ["dies"]
+    assert restarted["resumed_from"].unique().tolist() == [2]
+    assert sorted(restarted["experience"]) == [2, 3, 4]
+    # ... and its accuracy matrix equals the uninterrupted twin's ("clean", same seed)
+    cols = ["seed", "trained_exp", "eval_exp", "accuracy", "loss"]
+    for seed in (0, 1):
+        clean = matrix[(matrix["arm"] == "clean") & (matrix["seed"] == seed)][cols]
+        dies = matrix[(matrix["arm"] == "dies") & (matrix["seed"] == seed)][cols]
+        pd.testing.assert_frame_equal(clean.reset_index(drop=True), dies.reset_index(drop=True))
+
+
+SLOW = {
+    # a pause after each experience: every trial lasts at least ~0.75 s on any machine
+    "from raycl.study import": "import time\n\nfrom raycl.plugins import StrategyPlugin\n"
+                              "from raycl.study import",
+    "study = Study(": "class Pause(StrategyPlugin):\n"
+                      "    def after_training_exp(self, strategy, **kwargs):\n"
+                      "        time.sleep(0.15)\n\n\nstudy = Study(",
+    'Arm("naive", baseline=True)': 'Arm("naive", lambda c: [Pause()], baseline=True)',
+    'lambda c: [EWCPlugin(c["ewc_lambda"])]': 'lambda c: [EWCPlugin(c["ewc_lambda"]), Pause()]',
+    'lambda c: [SynapticIntelligencePlugin(c["si_lambda"])]':
+        'lambda c: [SynapticIntelligencePlugin(c["si_lambda"]), Pause()]',
+    "num_samples=2,": "num_samples=1,",
+}
+
+
+def test_resume_after_the_driver_is_killed_finishes_without_duplicates(ray_address, tmp_path,
+                                                                       capsys):
+    path = write_study(tmp_path, TINY, replace=SLOW)
+    storage = tmp_path / "results"
+    args = [str(path), "--address", ray_address, "--storage", str(storage),
+            "--gpus-per-trial", "0"]
+    trials_file = storage / "tiny" / "trials.parquet"
+    driver = subprocess.Popen([sys.executable, "-m", "raycl.study", *args], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None:
+            if trials_file.exists() and len(pd.read_parquet(trials_file)) >= 2:
+                break
+            time.sleep(0.1)
+        assert driver.poll() is None, driver.communicate()[0][-3000:]
+        os.kill(driver.pid, signal.SIGKILL)  # the driver dies without any cleanup
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.communicate(timeout=60)
+    before = pd.read_parquet(trials_file)  # readable: files are replaced atomically
+    done_before = before[before["status"] == "TERMINATED"]
+    assert 2 <= len(done_before) < 8
+
+    assert main([*args, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert f"({len(done_before)} done before)" in printed
+    trials = pd.read_parquet(trials_file)
+    assert len(trials) == 8 and trials["trial_key"].is_unique
+    assert set(trials["status"]) == {"TERMINATED"}
+    # finished trials were not rerun: same Ray trial ids as before the kill
+    kept = trials.set_index("trial_key").loc[done_before["trial_key"], "trial_id"]
+    assert kept.tolist() == done_before["trial_id"].tolist()
+    matrix = pd.read_parquet(storage / "tiny" / "matrix.parquet")
+    assert len(matrix) == 8 * 5 * 5
+    assert not matrix.duplicated(["trial_key", "trained_exp", "eval_exp"]).any()
+    curves = pd.read_parquet(storage / "tiny" / "curves.parquet")
+    assert len(curves) == 8 * 5 and not curves.duplicated(["trial_key", "experience"]).any()
+
+    assert main([*args, "--resume"]) == 0  # nothing left: no trial runs, nothing changes
+    assert "all 8 trials are done already" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(trials_file), trials)
+
+
+def test_optuna_search_with_asha(ray_address, tmp_path):
+    pytest.importorskip("optuna")
+    path = write_study(tmp_path, TINY, replace={
+        "num_samples=2,": "num_samples=2, search='optuna', scheduler='asha',",
+        '{"si_lambda": tune.grid_search([0.1, 1.0])}': '{"si_lambda": tune.uniform(0.1, 1.0)}'})
+    outcome = run_study(path, storage=str(tmp_path / "results"), gpus_per_trial=0,
+                        out=io.StringIO())
+    assert (outcome.started, outcome.errored, outcome.interrupted) == (10, 0, False)
+    trials = pd.read_parquet(outcome.paths["trials"])
+    assert len(trials) == 10 and set(trials["status"]) == {"TERMINATED"}
+    for arm, param in (("ewc", "param_ewc_lambda"), ("si", "param_si_lambda")):
+        rows = trials[trials["arm"] == arm]
+        assert rows[param].nunique() == 2  # two configs chosen by Optuna ...
+        assert (rows.groupby(param)["seed"].apply(sorted) == pd.Series(
+            [[0, 1], [0, 1]], index=sorted(rows[param].unique()))).all()  # ... each seed
+    # ASHA stops trials only at experience boundaries; every report is in the curves
+    curves = pd.read_parquet(outcome.paths["curves"])
+    assert trials["experiences_done"].between(1, 5).all()
+    assert len(curves) == trials["experiences_done"].sum()
