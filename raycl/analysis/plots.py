@@ -441,6 +441,14 @@ def plot_sensitivity(trials: pd.DataFrame, metric: str = "final_avg_accuracy",
             ax.set_xticks(range(len(categories)), categories)
         elif infer_log_scale(present[column]):
             ax.set_xscale("log")
+            # Under a few decades matplotlib labels every minor tick in 2x10^-1 style, and the
+            # labels overlap: label 1-2-5 ticks in plain numbers instead.
+            from matplotlib.ticker import FuncFormatter, LogLocator
+
+            plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+            ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(plain)
+            ax.xaxis.set_major_formatter(plain)
         ax.set_xlabel(name + (" (log scale)" if ax.get_xscale() == "log" else ""))
         ax.set_ylabel(metric_label(metric, values))
         ax.set_title(name)
