@@ -7,30 +7,26 @@
 * :class:`QuadraticPenalty` is ``sum_k w_k (theta_k - c_k)^2 + const`` over many tensors with
   ``torch._foreach_*`` ops (a few kernels per iteration whatever the number of tensors, no host
   sync). Its gradient has a closed form, so it is not differentiated by autograd but added to
-  each parameter's ``.grad`` during the backward pass, by a hook that fires once the loss's
-  gradient has been accumulated there: the gradient of the loss *without* the penalty comes for
-  free, which SI and RWalk need (the reference runs an extra forward/backward for it).
+  each parameter's ``.grad`` at the end of the backward pass, after the loss's own gradient has
+  been accumulated there: the gradient of the loss *without* the penalty comes for free, which
+  SI and RWalk need (the reference runs an extra forward/backward for it).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["QuadraticPenalty", "at_experience", "check_number", "check_schedule", "model_forward",
-           "pad_to", "pick", "snapshot", "swap_penalty", "task_grads", "tensor_batches",
-           "trainable_params"]
+           "pad_to", "pick", "snapshot", "task_grads", "tensor_batches", "trainable_params"]
 
 
-def trainable_params(model: nn.Module, keep: Callable[[str], bool] | None = None
-                     ) -> dict[str, nn.Parameter]:
-    """The model's parameters that require grad (and pass ``keep``), by name."""
-    return {n: p for n, p in model.named_parameters()
-            if p.requires_grad and (keep is None or keep(n))}
+def trainable_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The model's parameters that require grad, by name."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
 def snapshot(params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -98,15 +94,14 @@ class QuadraticPenalty:
             penalty's was added (the gradient of the loss without the penalty) in
             :attr:`task_grads` (``None`` where the loss did not reach the parameter).
 
-    Calling the penalty returns its value (a tensor outside the autograd graph, to add to the
-    loss) and arms one post-accumulate-grad hook per parameter: in the next backward pass each
-    adds the closed-form gradient ``2 w (theta - c)`` to its parameter's ``.grad``. With
-    ``r = sqrt(2 w)`` and ``u = r * theta - r * c`` (one fused pass) the value is ``|u|^2 / 2``
-    and the gradient ``r * u``: three passes over the parameters per iteration, where autograd
-    through the same expression takes five and a custom ``autograd.Function`` four plus its
-    Python overhead. :meth:`finish` (after the backward) gives the gradient to parameters the
-    backward did not reach; :meth:`close` removes the hooks. The loss must not be rescaled
-    between the call and the backward (the strategy loop never does).
+    :meth:`add_to` adds the value to a loss; the penalty's gradient ``2 w (theta - c)`` is not
+    differentiated by autograd but, known in closed form, added to every parameter's ``.grad``
+    at the end of that loss's backward pass (an engine callback queued by a hook on the loss;
+    scaled like the loss's gradient, so a rescaled loss stays exact). With ``r = sqrt(w)``
+    and ``u = r * theta - r * c`` (one fused pass) the value is ``|u|^2`` and the gradient
+    ``2 r u``: three passes over the parameters and two Python callbacks per iteration, where
+    autograd through the same expression takes five passes and a custom ``autograd.Function``
+    four plus its Python overhead.
     """
 
     def __init__(self, weights: dict[str, Tensor], centres: dict[str, Tensor],
@@ -117,64 +112,64 @@ class QuadraticPenalty:
         self.names = [n for n in weights if n in params]
         self.params = [params[n] for n in self.names]
         self.task_grads: list[Tensor | None] = [None] * len(self.params)
-        self._r: list[Tensor] = []  # sqrt(2 w)
-        self._neg_b: list[Tensor] = []  # -sqrt(2 w) * c
+        self._r: list[Tensor] = []  # sqrt(w)
+        self._neg_b: list[Tensor] = []  # -sqrt(w) * c
         self._u: list[Tensor] = []
-        self._armed = [False] * len(self.params)
+        self._scale: Tensor | None = None
         with torch.no_grad():
             for n, p in zip(self.names, self.params):
-                r = pad_to(weights[n].to(p.device, p.dtype).clamp_min(0).mul(2).sqrt_(), p.shape)
+                r = pad_to(weights[n].to(p.device, p.dtype).clamp_min(0).sqrt(), p.shape)
                 self._r.append(r)
                 self._neg_b.append(-(r * pad_to(centres[n].to(p.device, p.dtype), p.shape)))
-        self._handles = [p.register_post_accumulate_grad_hook(functools.partial(self._hook, i))
-                         for i, p in enumerate(self.params)]
 
-    @torch.no_grad()
-    def __call__(self) -> Tensor:
-        """The penalty's value; arms the hooks that add its gradient in the next backward."""
-        self._u = torch._foreach_addcmul(self._neg_b, self._r, self.params)
-        value = torch.stack(torch._foreach_norm(self._u)).square().sum() * 0.5
-        self._armed = [True] * len(self.params)
-        self.task_grads = [None] * len(self.params)
+    def value(self) -> Tensor:
+        """The penalty's value at the current parameters (no gradient attached)."""
+        with torch.no_grad():
+            self._u = torch._foreach_addcmul(self._neg_b, self._r, self.params)
+            norms = torch.stack(torch._foreach_norm(self._u))
+            value = torch.dot(norms, norms)
         return value + self.const if self.const else value
 
-    @torch.no_grad()
-    def _hook(self, i: int, p: Tensor) -> None:
-        if not self._armed[i]:
+    def add_to(self, loss: Tensor) -> Tensor:
+        """``loss + value``, whose backward also adds the penalty's gradient to ``.grad``."""
+        total = loss + self.value()
+        self._scale, self.task_grads = None, [None] * len(self.params)
+        if total.requires_grad:
+            total.register_hook(self._queue)
+        return total
+
+    def _queue(self, grad: Tensor) -> None:
+        if self._scale is None:  # once per add_to, even if the graph is run twice
+            self._scale = grad
+            torch.autograd.Variable._execution_engine.queue_callback(self._apply)
+
+    def _apply(self) -> None:
+        u, scale = self._u, self._scale
+        if not u or scale is None:
             return
-        self._armed[i] = False
-        if self.keep_task_grads:  # leave the loss's gradient intact, install the sum
-            self.task_grads[i] = p.grad
-            p.grad = torch.addcmul(p.grad, self._r[i], self._u[i])  # type: ignore[arg-type]
-        else:
-            p.grad.addcmul_(self._r[i], self._u[i])  # type: ignore[union-attr]
-
-    @torch.no_grad()
-    def finish(self) -> None:
-        """Add the gradient to parameters the last backward did not reach; disarm."""
-        for i, armed in enumerate(self._armed):
-            if armed:
-                p, g = self.params[i], self._r[i] * self._u[i]
-                p.grad = g if p.grad is None else p.grad + g
-                self._armed[i] = False
         self._u = []
-
-    def close(self) -> None:
-        """Remove the hooks (the penalty is not used any more)."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        with torch.no_grad():
+            alpha = 2.0  # d |u|^2 / d theta = 2 r u
+            if scale.device.type == "cpu":  # reading a CPU scalar costs no sync
+                alpha *= float(scale)
+            else:
+                u = torch._foreach_mul(u, scale)
+            grads = [p.grad for p in self.params]
+            have = [i for i, g in enumerate(grads) if g is not None]
+            got, r, uu = ([v[i] for i in have] for v in (grads, self._r, u))
+            if self.keep_task_grads:  # keep the loss's gradients, install the sums
+                self.task_grads = grads
+                for i, g in zip(have, torch._foreach_addcmul(got, r, uu, value=alpha) if have
+                                else []):
+                    self.params[i].grad = g
+            elif have:
+                torch._foreach_addcmul_(got, r, uu, value=alpha)
+            for i, g in enumerate(grads):
+                if g is None:  # not reached by the loss: the penalty's gradient alone
+                    self.params[i].grad = self._r[i] * u[i] * alpha
 
     def __bool__(self) -> bool:
         return bool(self.params)
-
-
-def swap_penalty(old: QuadraticPenalty | None, new: QuadraticPenalty | None
-                 ) -> QuadraticPenalty | None:
-    """``new``, after removing ``old``'s hooks."""
-    if old is not None:
-        old.close()
-    return new
 
 
 def task_grads(params: list[nn.Parameter], penalty: QuadraticPenalty | None,
@@ -187,7 +182,6 @@ def task_grads(params: list[nn.Parameter], penalty: QuadraticPenalty | None,
     """
     grads: list[Tensor | None] = [p.grad for p in params]
     if penalty is not None:
-        penalty.finish()
         for i, g in zip(pen_pos, penalty.task_grads):
             grads[i] = g
     if any(g is None for g in grads):
@@ -199,6 +193,7 @@ def task_grads(params: list[nn.Parameter], penalty: QuadraticPenalty | None,
 def pick(values: list[Tensor], pos: list[int] | None) -> list[Tensor]:
     """``values`` at ``pos`` (all of them when ``pos`` is None)."""
     return values if pos is None else [values[i] for i in pos]
+
 
 # ---- hyperparameter checks ----------------------------------------------------------------------
 def check_number(name: str, value: Any, low: float = 0.0, high: float = float("inf"),
