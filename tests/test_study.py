@@ -128,6 +128,9 @@ _BAD_STUDIES = {
     "grid_with_random_domain": ({"num_samples=2,": "num_samples=2, search='grid',"},
                                 "arms[ewc].space.ewc_lambda: search='grid' needs grid_search"),
     "no_study": ({"study = Study(": "other = Study("}, "study: the file must define"),
+    "classes_not_divisible": ({'Benchmark("split_digits", n_experiences=5)':
+                               'Benchmark("split_digits", n_experiences=3)'},
+                              "benchmark.n_experiences: split_digits has 10 classes"),
 }
 
 

@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 from study_files import DIES, TINY, write_study
 
-from raycl.study.__main__ import main
 from raycl.tune.runner import run_study
 
 pytestmark = pytest.mark.ray
@@ -106,49 +105,116 @@ SLOW = {
 }
 
 
-def test_resume_after_the_driver_is_killed_finishes_without_duplicates(ray_address, tmp_path,
-                                                                       capsys):
-    path = write_study(tmp_path, TINY, replace=SLOW)
-    storage = tmp_path / "results"
-    args = [str(path), "--address", ray_address, "--storage", str(storage),
-            "--gpus-per-trial", "0"]
-    trials_file = storage / "tiny" / "trials.parquet"
-    driver = subprocess.Popen([sys.executable, "-m", "raycl.study", *args], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and driver.poll() is None:
-            if trials_file.exists() and len(pd.read_parquet(trials_file)) >= 2:
-                break
-            time.sleep(0.1)
-        assert driver.poll() is None, driver.communicate()[0][-3000:]
-        os.kill(driver.pid, signal.SIGKILL)  # the driver dies without any cleanup
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        driver.communicate(timeout=60)
-    before = pd.read_parquet(trials_file)  # readable: files are replaced atomically
-    done_before = before[before["status"] == "TERMINATED"]
-    assert 2 <= len(done_before) < 8
+#: SLOW plus an arm whose loss turns NaN in experience 1: it must end in ERROR, rows kept.
+DIVERGING = {
+    **SLOW,
+    "study = Study(": "class Poison(StrategyPlugin):\n"
+                      "    def before_backward(self, strategy, **kwargs):\n"
+                      "        if strategy.clock.train_exp_counter == 1:\n"
+                      "            strategy.loss = strategy.loss * float('nan')\n\n\n"
+                      "class Pause(StrategyPlugin):\n"
+                      "    def after_training_exp(self, strategy, **kwargs):\n"
+                      "        time.sleep(0.15)\n\n\nstudy = Study(",
+    'Arm("naive", baseline=True)': 'Arm("naive", lambda c: [Pause()], baseline=True),\n'
+                                   '        Arm("nan", lambda c: [Poison()], baseline=True)',
+}
 
-    assert main([*args, "--resume"]) == 0
-    printed = capsys.readouterr().out
-    assert f"({len(done_before)} done before)" in printed
+
+def _files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_driver_killed_three_times_then_resumed_loses_and_duplicates_nothing(
+        ray_address, tmp_path, monkeypatch):
+    import random
+
+    from raycl.study import load_study, plan_trials, run_trial
+
+    files, work, home = tmp_path / "files", tmp_path / "work", tmp_path / "home"
+    for folder in (files, work, home):
+        folder.mkdir()
+    path = write_study(files, TINY, replace=DIVERGING)
+    # default --storage: ./results of the driver's working directory, which must hold nothing else
+    command = [sys.executable, "-m", "raycl.study", str(path), "--address", ray_address,
+               "--gpus-per-trial", "0"]
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
+    token = Path.home() / ".ray" / "auth_token"  # the local Ray's token, which ray.init wrote
+    if token.exists() and "RAY_AUTH_TOKEN_PATH" not in env:
+        env["RAY_AUTH_TOKEN_PATH"] = str(token)
+    folder = work / "results" / "tiny"
+    trials_file = folder / "trials.parquet"
+    rng = random.Random(7)
+
+    def rows() -> int:
+        return len(pd.read_parquet(trials_file)) if trials_file.exists() else 0
+
+    def kill_when(ready) -> None:
+        driver = subprocess.Popen([*command, *(["--resume"] if folder.exists() else [])],
+                                  cwd=work, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and driver.poll() is None and not ready():
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.5))  # a random moment past the condition
+            assert driver.poll() is None, driver.communicate()[0][-3000:]
+            os.kill(driver.pid, signal.SIGKILL)  # no cleanup, no last write
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+            driver.communicate(timeout=60)
+
+    kill_when(lambda: (folder / "_ray").exists())  # 1: Tune just started, nothing finished
+    first = rows()
+    kill_when(lambda: rows() >= first + 2)  # 2: trials finishing
+    second = rows()
+    kill_when(lambda: rows() >= second + 1)  # 3: another moment, trials in flight
+    before = pd.read_parquet(trials_file)  # readable after every kill: atomic rewrites
+    done_before = before[before["status"] == "TERMINATED"]
+    assert len(before) >= 3 and 1 <= len(done_before) < 8
+
+    final = subprocess.run([*command, "--resume"], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=240)
+    assert final.returncode == 1, final.stdout[-3000:] + final.stderr[-3000:]  # 'nan' errored
+    assert f"({len(before[before['status'] == 'TERMINATED'])} done before)" in final.stdout
+
+    # the same trials as an uninterrupted study, each exactly once
     trials = pd.read_parquet(trials_file)
-    assert len(trials) == 8 and trials["trial_key"].is_unique
-    assert set(trials["status"]) == {"TERMINATED"}
-    # finished trials were not rerun: same Ray trial ids as before the kill
+    study = load_study(path)
+    planned = {t["trial_key"]: t for t in plan_trials(study)}
+    assert len(trials) == len(planned) == 10 and set(trials["trial_key"]) == set(planned)
+    diverged = trials[trials["arm"] == "nan"]
+    assert set(diverged["status"]) == {"ERROR"} and (diverged["experiences_done"] == 1).all()
+    assert diverged["error"].str.startswith("diverged: training loss became NaN in "
+                                            "experience 1").all()
+    ok = trials[trials["arm"] != "nan"]
+    assert set(ok["status"]) == {"TERMINATED"} and (ok["experiences_done"] == 5).all()
+    # finished trials were not rerun: same Ray trial ids as before the kills
     kept = trials.set_index("trial_key").loc[done_before["trial_key"], "trial_id"]
     assert kept.tolist() == done_before["trial_id"].tolist()
-    matrix = pd.read_parquet(storage / "tiny" / "matrix.parquet")
-    assert len(matrix) == 8 * 5 * 5
+    matrix = pd.read_parquet(folder / "matrix.parquet")
+    assert len(matrix) == (8 * 5 + 2 * 1) * 5
     assert not matrix.duplicated(["trial_key", "trained_exp", "eval_exp"]).any()
-    curves = pd.read_parquet(storage / "tiny" / "curves.parquet")
-    assert len(curves) == 8 * 5 and not curves.duplicated(["trial_key", "experience"]).any()
+    curves = pd.read_parquet(folder / "curves.parquet")
+    assert len(curves) == 8 * 5 + 2 * 1
+    assert not curves.duplicated(["trial_key", "experience"]).any()
 
-    assert main([*args, "--resume"]) == 0  # nothing left: no trial runs, nothing changes
-    assert "all 8 trials are done already" in capsys.readouterr().out
-    pd.testing.assert_frame_equal(pd.read_parquet(trials_file), trials)
+    # identical metrics to an uninterrupted run of each trial (deterministic seeds)
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # the study's pauses
+    columns = [c for c in curves.columns if c.startswith(("acc_exp_", "loss_exp_"))]
+    for key in ok["trial_key"]:
+        reports: list = []
+        run_trial(study, planned[key], lambda m, s, out=reports: out.append(m))
+        mine = curves[curves["trial_key"] == key].sort_values("experience")
+        expected = pd.DataFrame(reports)[columns]
+        pd.testing.assert_frame_equal(mine[columns].reset_index(drop=True), expected,
+                                      check_dtype=False)
+
+    # nothing written outside the storage folder: Ray's files are under <storage>/tiny/_ray
+    assert {p.split("/")[0] for p in _files_under(work)} == {"results"}
+    outside_ray = {p for p in _files_under(folder) if not p.startswith("_ray/")}
+    assert outside_ray == {"trials.parquet", "matrix.parquet", "curves.parquet"}
+    assert _files_under(home) == set()
 
 
 def test_optuna_search_with_asha(ray_address, tmp_path):

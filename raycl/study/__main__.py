@@ -54,6 +54,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true",
                    help="one sample per arm, one seed, one epoch, as study '<name>-smoke': a "
                         "seconds-long check")
+    p.add_argument("--dashboard-host", default=None, metavar="HOST",
+                   help="start Ray's dashboard with the local Ray, listening on HOST "
+                        "(127.0.0.1: this machine only; 0.0.0.0 opens it to the network). "
+                        "Default: no dashboard")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the study and print the trials that would run")
     return p
@@ -88,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         outcome = run_study(args.study_file, address=args.address, prepared=prepared,
-                            **options)
+                            dashboard_host=args.dashboard_host, **options)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

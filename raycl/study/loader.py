@@ -149,6 +149,11 @@ def _check(cond: bool, problems: list[tuple[str, str]], field: str, what: str) -
         problems.append((field, what))
 
 
+#: Number of classes of the benchmarks that split classes over experiences.
+_SPLIT_CLASSES = {"split_digits": 10, "split_mnist": 10, "split_fashion_mnist": 10,
+                  "split_cifar10": 10, "split_cifar100": 100}
+
+
 def _settings_problems(study: Study) -> list[tuple[str, str]]:
     from raycl.study.trial import is_produced_metric
 
@@ -163,6 +168,12 @@ def _settings_problems(study: Study) -> list[tuple[str, str]]:
                f"{b.name} supports {' or '.join(BENCHMARKS[b.name])}, got {b.scenario!r}")
     _check(_is_int(b.n_experiences, 1), p, "benchmark.n_experiences",
            f"must be an int >= 1, got {b.n_experiences!r}")
+    n_classes = _SPLIT_CLASSES.get(b.name)
+    if n_classes is not None and _is_int(b.n_experiences, 1):
+        # caught here rather than inside every trial, where it would fail them all
+        _check(n_classes % b.n_experiences == 0, p, "benchmark.n_experiences",
+               f"{b.name} has {n_classes} classes, which {b.n_experiences} experiences "
+               "do not divide evenly")
     _check(b.seed is None or _is_int(b.seed, 0), p, "benchmark.seed",
            f"must be None or an int >= 0, got {b.seed!r}")
     m = study.model
@@ -212,8 +223,9 @@ def _settings_problems(study: Study) -> list[tuple[str, str]]:
            f"must be an int >= 0, got {study.max_failures!r}")
     _check(study.max_concurrent is None or _is_int(study.max_concurrent, 1), p,
            "max_concurrent", f"must be None or an int >= 1, got {study.max_concurrent!r}")
-    _check(study.keep_checkpoints is None or _is_int(study.keep_checkpoints, 1), p,
-           "keep_checkpoints", f"must be None or an int >= 1, got {study.keep_checkpoints!r}")
+    # 2 at least: a corrupt last checkpoint falls back to the one before it
+    _check(study.keep_checkpoints is None or _is_int(study.keep_checkpoints, 2), p,
+           "keep_checkpoints", f"must be None or an int >= 2, got {study.keep_checkpoints!r}")
     return p
 
 
@@ -315,7 +327,10 @@ def _sample_problems(study: Study) -> list[tuple[str, str]]:
                 build_plugins(arm, config, model)
             except (ValueError, TypeError) as err:
                 named = [k for k in config if re.search(rf"\b{re.escape(k)}\b", str(err))]
-                field = f"{where}.{named[0]}" if named else where
+                if named:
+                    field = f"{where}.{named[0]}"
+                else:  # e.g. a keyword the plugin does not take: the factory is at fault
+                    field = where if isinstance(err, ValueError) else f"arms[{arm.name}].plugins"
                 return [(field, f"{err} (sampled config {config})")]
             except Exception as err:
                 return [(f"arms[{arm.name}].plugins",

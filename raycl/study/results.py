@@ -56,11 +56,11 @@ CURVE_ID_COLUMNS: tuple[str, ...] = ("study", "trial_id", "trial_key", "arm", "s
 _CURVE_METRICS = ("avg_accuracy", "stream_accuracy", "stream_loss", "final_avg_accuracy",
                   "avg_forgetting", "bwt", "fwt", "train_time_s", "eval_time_s",
                   "peak_memory_mb", "resumed_from", "device", "gpu_ids", "node_ip",
-                  "device_note")
+                  "device_note", "checkpoint_note")
 _INT_COLUMNS = {"seed", "experiences_done", "trained_exp", "eval_exp", "experience",
                 "training_iteration", "resumed_from", "schema_version"}
 _STR_COLUMNS = {"study", "trial_id", "trial_key", "arm", "status", "error", "device",
-                "gpu_ids", "node_ip", "device_note"}
+                "gpu_ids", "node_ip", "device_note", "checkpoint_note"}
 _TIME_COLUMNS = {"started_at", "finished_at"}
 _TABLES = ("trials", "matrix", "curves")
 
@@ -99,6 +99,10 @@ class ResultStore:
     """
 
     def __init__(self, storage: str | os.PathLike[str], study: str) -> None:
+        if not study or "/" in study or "\\" in study or study in (".", "..") or \
+                study.startswith("."):
+            # The study folder must be a child of the storage root, never the root or above it.
+            raise ValueError(f"study name {study!r} would leave the storage directory")
         self.study = study
         fs, root, root_uri = resolve_storage(storage)
         self.fs = fs
@@ -137,6 +141,7 @@ class ResultStore:
     # ---- rows -------------------------------------------------------------------------------
     def load(self) -> None:
         """Read the existing tables (if any) into memory, so a resumed run keeps their rows."""
+        self.remove_stale_temporaries()
         frames = {}
         for table in _TABLES:
             path = self._fs_path(table)
@@ -224,18 +229,52 @@ class ResultStore:
         }
 
     def write(self) -> dict[str, str]:
-        """Rewrite the three files atomically; returns their paths."""
+        """Rewrite the three files atomically; returns their paths.
+
+        A write that fails (disk full, storage gone) raises ``OSError`` and leaves every file
+        as the last complete write left it (the partial temporary file is removed); the rows
+        stay in memory, so a later write can still save them.
+        """
         self.fs.create_dir(self.dir, recursive=True)
         for table, frame in self.frames().items():
             data = pa.Table.from_pandas(frame, preserve_index=False)
             final = self._fs_path(table)
             if isinstance(self.fs, pafs.LocalFileSystem):
                 tmp = f"{self.dir}/.{table}.parquet.tmp-{os.getpid()}"
-                pq.write_table(data, tmp, filesystem=self.fs)
-                self.fs.move(tmp, final)  # rename(2): atomic on one filesystem
+                try:
+                    pq.write_table(data, tmp, filesystem=self.fs)
+                    self.fs.move(tmp, final)  # rename(2): atomic on one filesystem
+                except BaseException:
+                    self._remove(tmp)
+                    raise
             else:
                 pq.write_table(data, final, filesystem=self.fs)
         return {t: self.path(t) for t in _TABLES}
+
+    def _remove(self, fs_path: str) -> None:
+        try:
+            self.fs.delete_file(fs_path)
+        except (OSError, FileNotFoundError):
+            pass
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete temporary files a killed driver left half-written (never the tables)."""
+        if not isinstance(self.fs, pafs.LocalFileSystem) or not self._exists(self.dir):
+            return
+        for info in self.fs.get_file_info(pafs.FileSelector(self.dir)):
+            if info.base_name.startswith(".") and ".parquet.tmp-" in info.base_name:
+                self._remove(info.path)
+
+    def check_writable(self) -> None:
+        """Raise ``OSError`` unless a file can be created (and removed) in the storage root.
+
+        Creates the storage root if needed, never the study's folder."""
+        root = self.dir.rpartition("/")[0] or "/"
+        probe = f"{root}/.raycl-write-probe-{os.getpid()}"
+        self.fs.create_dir(root, recursive=True)
+        with self.fs.open_output_stream(probe) as f:
+            f.write(b"raycl")
+        self.fs.delete_file(probe)
 
 
 def _records(frame: pd.DataFrame | None) -> Iterable[dict[str, Any]]:

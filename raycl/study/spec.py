@@ -247,8 +247,9 @@ class Study:
     max_concurrent: int | None = None
     """Most trials running at once; None: as many as the resources allow."""
     keep_checkpoints: int | None = None
-    """Checkpoints kept per trial; None keeps all (cheap for small models; a bound forces an
-    experiment-state snapshot with every checkpoint, which costs time)."""
+    """Checkpoints kept per trial, at least 2 (a corrupt last checkpoint falls back to the one
+    before it); None keeps all (cheap for small models; a bound forces an experiment-state
+    snapshot with every checkpoint, which costs time)."""
     description: str = ""
     """Free text shown by ``--dry-run``."""
 

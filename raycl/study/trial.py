@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from raycl.benchmarks.base import CLBenchmark
+from raycl.plugins.base import StrategyPlugin
 from raycl.study.build import (
     build_benchmark,
     build_model,
@@ -39,6 +40,8 @@ from raycl.study.spec import Benchmark, Study
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "DIVERGED",
+    "DivergenceGuard",
     "FINAL_METRICS",
     "PER_EXPERIENCE_METRICS",
     "ReportFn",
@@ -50,6 +53,7 @@ __all__ = [
     "seed_everything",
     "serialize_state",
     "trial_key",
+    "TrialDiverged",
 ]
 
 #: Metrics reported once, with the last experience.
@@ -61,8 +65,68 @@ _PER_EXP_PATTERN = re.compile(r"^(acc|loss)_exp_\d{3}$")
 #: Layout version of the checkpoint state.
 CHECKPOINT_FORMAT = 1
 
-#: ``report(metrics, state)``: called once per experience; ``state`` is the checkpoint.
-ReportFn = Callable[[dict[str, Any], dict[str, Any]], None]
+#: Key of the report a diverged trial ends with (its value says why); that report has no
+#: ``experience`` and only NaN metrics, and no checkpoint.
+DIVERGED = "diverged"
+
+#: ``report(metrics, state)``: called once per experience; ``state`` is the checkpoint (None
+#: for the last report of a diverged trial).
+ReportFn = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss of a trial became NaN or infinite."""
+
+
+class DivergenceGuard(StrategyPlugin):
+    """Stops training with :class:`TrialDiverged` once the training loss is NaN or infinite.
+
+    Cheap in the hot loop: every iteration folds the loss into a running ``max(|loss|)`` on the
+    loss's own device (NaN propagates through ``torch.maximum``, inf stays inf, and a max of
+    finite values never overflows); only every ``check_every`` iterations, and at the end of
+    every epoch, is that one value inspected, which is the only host synchronisation on a GPU.
+
+    Args:
+        check_every: iterations between checks (>= 1); 1 stops at the very iteration.
+    """
+
+    def __init__(self, check_every: int = 1) -> None:
+        if not (isinstance(check_every, int) and check_every >= 1):
+            raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
+        self.check_every = check_every
+        self._worst: torch.Tensor | None = None
+        self._since = 0
+        self._iterations = 0  # of the current epoch, counted here: clocks tick at other times
+
+    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        """Start a new window."""
+        self._worst, self._since, self._iterations = None, 0, 0
+
+    def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        """Fold this iteration's loss in; check every ``check_every`` iterations."""
+        loss = strategy.loss
+        if not isinstance(loss, torch.Tensor):
+            loss = torch.as_tensor(float(loss))
+        loss = loss.detach().abs()
+        self._worst = loss if self._worst is None else torch.maximum(self._worst, loss)
+        self._since += 1
+        self._iterations += 1
+        if self._since >= self.check_every:
+            self._check(strategy)
+
+    def after_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        """Check what the epoch's last iterations left."""
+        self._check(strategy)
+
+    def _check(self, strategy: Any) -> None:
+        worst, self._worst, self._since = self._worst, None, 0
+        if worst is None or bool(torch.isfinite(worst)):
+            return
+        clock = strategy.clock
+        value = "NaN" if bool(torch.isnan(worst)) else "inf"
+        raise TrialDiverged(
+            f"training loss became {value} in experience {clock.train_exp_counter}, epoch "
+            f"{clock.train_exp_epochs}, by iteration {self._iterations} of the epoch")
 
 _LOSS_EXP = re.compile(r"^Loss_Exp/eval_phase/test_stream/Task(\d+)/Exp(\d+)$")
 
@@ -158,7 +222,8 @@ def _weighted(values: list[float], weights: list[int]) -> float:
 def run_trial(study: Study, trial: Mapping[str, Any], report: ReportFn,
               checkpoint_state: Mapping[str, Any] | None = None, *,
               device: str | torch.device = "cpu",
-              info: Mapping[str, Any] | None = None) -> None:
+              info: Mapping[str, Any] | None = None,
+              check_every: int | None = None) -> None:
     """Train ``trial`` (arm, params, seed) on every experience of the study's benchmark.
 
     After each experience it evaluates the whole test stream and calls
@@ -176,6 +241,12 @@ def run_trial(study: Study, trial: Mapping[str, Any], report: ReportFn,
     ``peak_memory_mb``, ``resumed_from`` (experiences restored from a checkpoint by this
     process); with the last experience also ``final_avg_accuracy``, ``avg_forgetting``, ``bwt``
     and ``fwt`` (see ``raycl.evaluation.functional``).
+
+    Divergence: a :class:`DivergenceGuard` watches the training loss (every iteration on the
+    CPU, every ``check_every`` = 16 on a GPU, and at every epoch's end). When it turns NaN or
+    infinite the trial stops at once: a last ``report({DIVERGED: reason, ...NaN metrics},
+    None)`` (no ``experience``, no checkpoint) and ``run_trial`` returns; the reports of the
+    experiences done before stand.
     """
     from raycl.evaluation import (
         EvaluationPlugin,
@@ -204,6 +275,9 @@ def run_trial(study: Study, trial: Mapping[str, Any], report: ReportFn,
     model = build_model(study.model, input_shape(bench), bench.n_classes, scenario)
     optimizer = build_optimizer(study.optimizer, model.parameters(), config)
     plugins = build_plugins(arm, config, model)
+    if check_every is None:  # a check is free on the CPU, a host sync on a GPU
+        check_every = 16 if device.type == "cuda" else 1
+    plugins.append(DivergenceGuard(check_every))
     # collect_all=False: the history would only grow every checkpoint; reports carry it
     evaluator = EvaluationPlugin(accuracy_metrics(experience=True),
                                  loss_metrics(experience=True), collect_all=False)
@@ -243,7 +317,16 @@ def run_trial(study: Study, trial: Mapping[str, Any], report: ReportFn,
     for i in range(start, n_train):
         _sync(device)
         t0 = time.perf_counter()
-        strategy.train(train_stream[i])
+        try:
+            strategy.train(train_stream[i])
+        except TrialDiverged as err:
+            n_eval = (i + 1) if seen_only else n_test
+            nan = {**{f"acc_exp_{j:03d}": math.nan for j in range(n_eval)},
+                   **{f"loss_exp_{j:03d}": math.nan for j in range(n_eval)},
+                   **{k: math.nan for k in PER_EXPERIENCE_METRICS}}
+            # NaN metrics: a scheduler gets the metric it ranks on, and ranks this trial last
+            report({**nan, **extra, DIVERGED: str(err)}, None)
+            return
         _sync(device)
         t1 = time.perf_counter()
         evaluated = test_stream[:i + 1] if seen_only else test_stream

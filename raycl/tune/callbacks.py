@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pandas as pd
 from ray import tune
 
 from raycl.study.results import ResultStore
+from raycl.study.trial import DIVERGED
 
-__all__ = ["ParquetCallback", "error_line"]
+__all__ = ["ParquetCallback", "diverged", "error_line"]
+
+
+def diverged(trial: Any) -> str | None:
+    """Why ``trial`` diverged (its last report says so), or None."""
+    reason = (getattr(trial, "last_result", None) or {}).get(DIVERGED)
+    return f"diverged: {reason}" if reason else None
 
 
 def error_line(trial: Any) -> str:
@@ -44,6 +52,10 @@ class ParquetCallback(tune.Callback):
         self.store = store
         #: trial_id -> when it first started, for every trial of this run.
         self.started: dict[str, pd.Timestamp] = {}
+        #: trial_id -> its last report of an experience (a diverged trial's last report is not).
+        self._last: dict[str, dict[str, Any]] = {}
+        #: The last write's failure (None once a write succeeds again).
+        self.write_error: str | None = None
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Note when the trial first started (a restart after a failure keeps the first time and
@@ -57,18 +69,39 @@ class ParquetCallback(tune.Callback):
         """One experience done: its curves row and accuracy-matrix row."""
         if "experience" in result:
             self.store.add_report(trial.config["trial"], trial.trial_id, result)
+            self._last[trial.trial_id] = result
 
     def _finish(self, trial: Any, status: str, error: str | None) -> None:
+        last = self._last.pop(trial.trial_id, None)
+        if last is None and "experience" in (trial.last_result or {}):
+            last = trial.last_result
         self.store.set_trial(trial.config["trial"], trial.trial_id, status,
-                             trial.last_result or {}, error=error,
+                             last or {}, error=error,
                              started_at=self.started.get(trial.trial_id),
                              finished_at=pd.Timestamp.now(tz="UTC"))
-        self.store.write()
+        self._write()
+
+    def _write(self) -> None:
+        """Rewrite the files; a failure (disk full) is reported once and the study goes on:
+        the files keep their last complete version, the rows stay in memory and the next
+        write (the next trial's end, the end of the run) tries again."""
+        try:
+            self.store.write()
+        except OSError as err:
+            if self.write_error is None:
+                print(f"raycl: warning: cannot write the results ({' '.join(str(err).split())})"
+                      f"; the files keep their last complete version", file=sys.stderr)
+            self.write_error = f"cannot write the results: {' '.join(str(err).split())}"
+        else:
+            self.write_error = None
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
-        """A trial finished (or a scheduler stopped it): status TERMINATED."""
-        self._finish(trial, "TERMINATED", None)
+        """A trial finished (or a scheduler stopped it): status TERMINATED; a trial that
+        stopped because its loss diverged: status ERROR with the reason (it is not retried:
+        it would diverge again)."""
+        reason = diverged(trial)
+        self._finish(trial, "ERROR" if reason else "TERMINATED", reason)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A trial failed more than ``max_failures`` times: status ERROR with the message."""
@@ -76,4 +109,4 @@ class ParquetCallback(tune.Callback):
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """Write the files one last time (reports of trials still running when stopped)."""
-        self.store.write()
+        self._write()

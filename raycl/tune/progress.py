@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from ray import tune
 
-from raycl.tune.callbacks import error_line
+from raycl.tune.callbacks import diverged, error_line
 
 __all__ = ["ProgressCallback"]
 
@@ -111,8 +111,16 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
-        """One more trial done."""
+        """One more trial done (or diverged: counted as errored)."""
         self._count(trials, trial)
+        reason = diverged(trial)
+        if reason:
+            self.errored += 1
+            spec = trial.config["trial"]
+            self._message(f"trial {trial.trial_id} ({spec['arm']}, seed {spec['seed']}) "
+                          f"errored: {reason}")
+            self._show(force=True)
+            return
         self.done += 1
         self._show()
 

@@ -36,8 +36,8 @@ from raycl.tune.callbacks import ParquetCallback
 from raycl.tune.progress import ProgressCallback
 from raycl.tune.trainable import trainable
 
-__all__ = ["PreparedRun", "RunError", "StudyOutcome", "prepare_run", "resources_text",
-           "run_study"]
+__all__ = ["PreparedRun", "RunError", "StudyOutcome", "prepare_run", "ray_init_kwargs",
+           "resources_text", "run_study"]
 
 
 class RunError(Exception):
@@ -101,7 +101,10 @@ def prepare_run(path: str | Path, *, storage: str = "results", num_samples: int 
     r = study.resources
     if r.cpus_per_trial == 0 and not r.gpus_per_trial:
         raise RunError("a trial that asks for 0 CPUs must ask for GPUs (--gpus-per-trial)")
-    store = ResultStore(storage, study.name)
+    try:
+        store = ResultStore(storage, study.name)
+    except ValueError as err:
+        raise RunError(f"{path}: name: {err}") from None
     trials = None if study.search == "optuna" else plan_trials(study, smoke=smoke)
     skipped = 0
     if check_storage:
@@ -114,6 +117,11 @@ def prepare_run(path: str | Path, *, storage: str = "results", num_samples: int 
                 raise RunError(f"{store.uri} already holds results of study '{study.name}': "
                                f"add --resume to continue it, or pass another --storage")
             store.clear()  # a smoke check replaces the previous smoke check
+        try:  # before any trial: a study must not train for hours and fail to save
+            store.check_writable()
+        except OSError as err:
+            raise RunError(f"--storage {storage}: cannot write there: "
+                           f"{' '.join(str(err).split())}") from None
         if resume:
             store.load()
             done = store.done_keys()
@@ -259,7 +267,8 @@ def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any]) -> tune.Tun
         max_concurrent_trials=study.max_concurrent, reuse_actors=True,
         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
     run_config = tune.RunConfig(
-        name=time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()),
+        # the pid: two runs started in the same second (quick kill/resume) never share a folder
+        name=time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}",
         storage_path=prepared.store.ray_storage, verbose=0, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=study.keep_checkpoints))
@@ -267,15 +276,31 @@ def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any]) -> tune.Tun
                       run_config=run_config)
 
 
+def ray_init_kwargs(address: str | None, dashboard_host: str | None = None) -> dict[str, Any]:
+    """Arguments of ``ray.init`` for a run.
+
+    A local Ray starts no dashboard unless ``dashboard_host`` asks for one (``127.0.0.1`` keeps
+    it on this machine; ``0.0.0.0`` opens it to the network: the user's explicit choice). Joining
+    a cluster (``address``) leaves the cluster's own dashboard as it is.
+    """
+    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
+    if address is None:
+        kwargs["include_dashboard"] = dashboard_host is not None
+        kwargs["dashboard_host"] = dashboard_host or "127.0.0.1"
+    return kwargs
+
+
 def run_study(path: str | Path, *, address: str | None = None, storage: str = "results",
               num_samples: int | None = None, max_concurrent: int | None = None,
               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None,
               resume: bool = False, smoke: bool = False, out: TextIO | None = None,
-              prepared: PreparedRun | None = None) -> StudyOutcome:
+              prepared: PreparedRun | None = None,
+              dashboard_host: str | None = None) -> StudyOutcome:
     """Run the study file at ``path`` and write its Parquet results; see the module docstring.
 
     ``address`` joins a running cluster ("auto" on a cluster node); without it a local Ray is
-    started and shut down at the end. The remaining options are the CLI's.
+    started and shut down at the end, with a dashboard only if ``dashboard_host`` is given. The
+    remaining options are the CLI's.
     """
     start = time.monotonic()
     out = out or sys.stdout
@@ -295,11 +320,11 @@ def run_study(path: str | Path, *, address: str | None = None, storage: str = "r
     # the classic output engine).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     connected = fitting = False
+    write_error = None
     try:
         if not ray.is_initialized():
             try:
-                ray.init(address=address, include_dashboard=False,
-                         logging_level=logging.WARNING)
+                ray.init(**ray_init_kwargs(address, dashboard_host))
             except (ConnectionError, RuntimeError, ValueError) as err:
                 where = f"the Ray cluster at {address}" if address else "a local Ray"
                 raise RunError(f"cannot start or join {where}: "
@@ -323,13 +348,21 @@ def run_study(path: str | Path, *, address: str | None = None, storage: str = "r
                 tuner.fit()
     finally:
         if fitting:  # whatever was recorded before an error or Ctrl-C
-            store.write()
+            try:
+                store.write()
+            except OSError as err:
+                write_error = f"cannot write the results to {store.uri}: " \
+                              f"{' '.join(str(err).split())}"
         if connected:  # stops the local Ray we started; only disconnects from a cluster
             ray.shutdown()
     # Counted here, not from fit()'s ResultGrid: after Ctrl-C / SIGTERM fit() returns normally
     # and its grid leaves out the trials that never started.
     ended = progress.done - prepared.skipped + progress.errored
-    return _outcome(prepared, list(parquet.started), start, ended < total, out)
+    if write_error or parquet.write_error:
+        print(f"raycl: error: {write_error or parquet.write_error}; the files there hold the "
+              f"last complete write", file=sys.stderr)
+    interrupted = ended < total or bool(write_error)
+    return _outcome(prepared, list(parquet.started), start, interrupted, out)
 
 
 def _outcome(prepared: PreparedRun, trial_ids: list[str], start: float, interrupted: bool,

@@ -174,7 +174,8 @@ class SeededOptunaSearch(Searcher):
         if trial_id not in self._by_trial:
             return
         group, seed = self._by_trial.pop(trial_id)
-        value = None if (error or not result) else result.get(self._target)
+        failed = error or not result or result.get("diverged")
+        value = None if failed else result.get(self._target)
         if _finite(value):
             group.values.append(float(value))
         group.pending.discard(seed)

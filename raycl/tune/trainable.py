@@ -3,7 +3,11 @@
 What it adds to ``run_trial``: it loads the study in the trial process (from the study file's
 text, which travels with the trial, so worker nodes need no copy of the file), picks the device,
 turns every ``report(metrics, state)`` into ``tune.report(metrics, checkpoint=...)`` with the
-state saved by ``torch.save``, and restarts from ``tune.get_checkpoint()`` after a failure.
+state saved by ``torch.save`` next to its SHA-256, and restarts from ``tune.get_checkpoint()``
+after a failure. A checkpoint whose digest does not match (a trial killed while it was written, a
+truncated upload, bit rot) or that does not load is skipped for the one before it, and the skip
+is reported (``checkpoint_note`` in every later report, and on stderr). Checkpoints load with
+``torch.load(weights_only=True)``: nothing in storage can run code in a trial.
 Trial processes are reused between trials (``reuse_actors``); ``run_trial`` reseeds every
 generator at the start of each trial, and the loaded study and benchmark are cached.
 """
@@ -14,17 +18,96 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 from ray import tune
 
-__all__ = ["STATE_FILE", "trial_device", "trainable"]
+__all__ = ["DIGEST_FILE", "STATE_FILE", "CorruptCheckpoint", "read_checkpoint",
+           "restore_state", "trial_device", "trainable", "write_checkpoint"]
 
 #: File name of the state inside each Tune checkpoint directory.
 STATE_FILE = "state.pt"
+#: File holding the hex SHA-256 of :data:`STATE_FILE`, written after it.
+DIGEST_FILE = "state.pt.sha256"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint folder whose state is missing, does not match its digest or does not load."""
+
+
+def write_checkpoint(folder: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Write ``state`` into ``folder`` as :data:`STATE_FILE` plus its :data:`DIGEST_FILE`."""
+    from raycl.study.trial import serialize_state
+
+    data = serialize_state(state)
+    Path(folder, STATE_FILE).write_bytes(data)
+    # Written last: a folder cut short while being written has no digest, or a wrong one.
+    Path(folder, DIGEST_FILE).write_text(hashlib.sha256(data).hexdigest())
+
+
+def read_checkpoint(fs: pafs.FileSystem, folder: str) -> dict[str, Any]:
+    """The state in checkpoint ``folder`` of ``fs``, checked against its digest and loaded with
+    ``weights_only=True``; :class:`CorruptCheckpoint` says what is wrong otherwise."""
+    from raycl.study.trial import deserialize_state
+
+    try:
+        with fs.open_input_stream(f"{folder}/{STATE_FILE}") as f:
+            data = f.read()
+        with fs.open_input_stream(f"{folder}/{DIGEST_FILE}") as f:
+            expected = f.read().decode().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CorruptCheckpoint(f"unreadable: {' '.join(str(err).split())}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise CorruptCheckpoint(f"sha256 mismatch ({len(data)} bytes, digest "
+                                f"{actual[:12]}..., expected {expected[:12]}...)")
+    try:
+        return deserialize_state(data)
+    except Exception as err:  # a digest match that does not load: say so, try the previous
+        raise CorruptCheckpoint(f"does not load: {type(err).__name__}: {err}") from None
+
+
+def _older_siblings(fs: pafs.FileSystem, folder: str) -> list[str]:
+    """Checkpoint folders of the same trial older than ``folder``, newest first."""
+    parent, _, name = folder.rstrip("/").rpartition("/")
+    match = _CHECKPOINT_DIR.match(name)
+    if not parent or not match:
+        return []
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parent))
+    except OSError:
+        return []
+    older = []
+    for info in infos:
+        m = _CHECKPOINT_DIR.match(info.base_name)
+        if m and info.type == pafs.FileType.Directory and int(m[1]) < int(match[1]):
+            older.append((int(m[1]), info.path))
+    return [path for _, path in sorted(older, reverse=True)]
+
+
+def restore_state(fs: pafs.FileSystem, folder: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The newest intact state among checkpoint ``folder`` and the older checkpoints beside it.
+
+    Returns (state or None when none is intact, notes saying which checkpoints were skipped
+    and why).
+    """
+    notes = []
+    for candidate in [folder, *_older_siblings(fs, folder)]:
+        try:
+            state = read_checkpoint(fs, candidate)
+        except CorruptCheckpoint as err:
+            notes.append(f"skipped corrupt checkpoint {candidate.rstrip('/').rpartition('/')[2]}"
+                         f": {err}")
+            continue
+        return state, notes
+    notes.append("no intact checkpoint: the trial starts over")
+    return None, notes
 
 _STUDIES: dict[str, Any] = {}
 
@@ -77,19 +160,26 @@ def trainable(config: dict[str, Any], ref: dict[str, Any]) -> None:
     device, info = trial_device(bool(ref["use_gpu"]))
     import torch
 
-    from raycl.study.trial import deserialize_state, run_trial, serialize_state
+    from raycl.study.trial import run_trial
 
     torch.set_num_threads(max(1, int(ref.get("cpus_per_trial") or 1)))
     study = _study(ref)
     state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = deserialize_state(Path(folder, STATE_FILE).read_bytes())
+        state, notes = restore_state(checkpoint.filesystem, checkpoint.path)
+        if notes:
+            note = "; ".join(notes)
+            print(f"raycl: warning: trial {config['trial']['trial_key']}: {note}",
+                  file=sys.stderr)
+            info["checkpoint_note"] = note
 
-    def report(metrics: dict[str, Any], state_out: dict[str, Any]) -> None:
+    def report(metrics: dict[str, Any], state_out: dict[str, Any] | None) -> None:
+        if state_out is None:  # the last report of a diverged trial: nothing to resume
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory(prefix="raycl-ckpt-") as folder:
-            Path(folder, STATE_FILE).write_bytes(serialize_state(state_out))
+            write_checkpoint(folder, state_out)
             # Copied to the trial's storage before report returns: the temp dir may go.
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 

@@ -1,0 +1,352 @@
+"""Faults and bad input without Ray: refused runs, divergence, corrupt checkpoints, full disks.
+
+Everything here runs in-process in a few seconds; the Ray-side fault tests (trial and driver
+killed) are in test_tune.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pytest
+import torch
+from study_files import TINY, write_study
+
+from raycl.study import load_study, make_trial, run_trial
+from raycl.study.__main__ import main, parser
+from raycl.study.results import ResultStore
+from raycl.study.trial import DIVERGED, DivergenceGuard, TrialDiverged
+
+# ---- bad input: one line, exit status 2, nothing started, nothing written ----------------------
+_RWALK = '''
+from ray import tune
+
+from raycl.plugins import RWalkPlugin
+from raycl.study import Arm, Study
+
+study = Study(name="rw", arms=[Arm("rwalk", lambda c: [RWalkPlugin(ewc_alpha=c["ewc_alpha"])],
+                                   {"ewc_alpha": tune.uniform(0.5, 1.5)})])
+'''
+_REPLAY = '''
+from ray import tune
+
+from raycl.plugins import ReplayPlugin
+from raycl.study import Arm, Study
+
+study = Study(name="rp", arms=[Arm("replay", lambda c: [ReplayPlugin(c["mem_size"])],
+                                   {"mem_size": tune.choice([0, 100])})])
+'''
+
+_BAD = {
+    # name: (study text, replacements, expected "<field>: <what>" start)
+    "raises": (TINY + "\nraise RuntimeError('no GPU quota')\n", {},
+               "line {raise_line}: RuntimeError: no GPU quota"),
+    "unknown_arm_field": (TINY, {'Arm("naive", baseline=True)': 'Arm("naive", basline=True)'},
+                          "Arm.basline: unknown field of Arm (did you mean 'baseline'?)"),
+    "unknown_plugin_parameter": (TINY, {'EWCPlugin(c["ewc_lambda"])':
+                                        'EWCPlugin(c["ewc_lambda"], lamda=1)'},
+                                 "arms[ewc].plugins: "),
+    "ewc_alpha_above_1": (_RWALK, {}, "arms[rwalk].space.ewc_alpha: ewc_alpha must be in"),
+    "mem_size_0": (_REPLAY, {}, "arms[replay].space.mem_size: mem_size"),
+    "negative_lambda": (TINY, {"tune.loguniform(1.0, 100.0)": "tune.uniform(-1.0, 1.0)"},
+                        "arms[ewc].space.ewc_lambda: ewc_lambda"),
+    "name_escapes_storage": (TINY, {'name="tiny"': 'name="../../etc"'}, "name: must be"),
+    "name_is_hidden": (TINY, {'name="tiny"': 'name=".hidden"'}, "name: must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD))
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(case, tmp_path, capsys):
+    import ray
+
+    text, replace, expected = _BAD[case]
+    path = write_study(tmp_path, text, replace=replace)
+    lines = path.read_text().splitlines()
+    raise_line = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("raise ")), 0)
+    assert main([str(path), "--storage", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"error: {path}: {expected.format(raise_line=raise_line)}"), err
+    assert not ray.is_initialized()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.py"]  # nothing written
+
+
+def test_result_store_refuses_a_name_outside_the_storage(tmp_path):
+    for name in ("../up", "a/b", "..", ".", "", ".hidden"):
+        with pytest.raises(ValueError, match="would leave the storage directory"):
+            ResultStore(tmp_path, name)
+
+
+def test_a_new_run_never_overwrites_existing_results(tmp_path, capsys):
+    path = write_study(tmp_path, TINY)
+    storage = tmp_path / "results"
+    store = ResultStore(storage, "tiny")
+    store.set_trial(make_trial("naive", {}, 0), "x", "TERMINATED", {"experience": 4})
+    store.write()
+    before = {p.name: p.read_bytes() for p in (storage / "tiny").iterdir()}
+    assert main([str(path), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert "add --resume to continue it, or pass another --storage" in err
+    assert err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in (storage / "tiny").iterdir()} == before
+
+
+def test_storage_that_cannot_be_written_is_refused_before_anything_starts(tmp_path, capsys):
+    import ray
+
+    path = write_study(tmp_path, TINY)
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the storage folder should be")
+    assert main([str(path), "--storage", str(blocker / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --storage {blocker / 'results'}: cannot write there: ")
+    assert err.count("\n") == 1 and not ray.is_initialized()
+    # --dry-run writes nothing, so it does not need writable storage
+    assert main([str(path), "--storage", str(blocker / "results"), "--dry-run"]) == 0
+    # a writable storage root is probed without leaving the probe or the study folder behind
+    store = ResultStore(tmp_path / "fine", "tiny")
+    store.check_writable()
+    assert list((tmp_path / "fine").iterdir()) == []
+
+
+# ---- storage faults mid-study ------------------------------------------------------------------
+def _report(exp: int, n: int = 2) -> dict:
+    m = {"experience": exp, "avg_accuracy": 0.5, "device": "cpu"}
+    m.update({f"acc_exp_{j:03d}": 0.5 for j in range(n)})
+    m.update({f"loss_exp_{j:03d}": 1.0 for j in range(n)})
+    return m
+
+
+def test_disk_full_mid_write_keeps_the_last_complete_files(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import raycl.study.results as results
+
+    store = ResultStore(tmp_path, "demo")
+    first = make_trial("naive", {}, 0)
+    store.add_report(first, "t1", _report(0))
+    store.set_trial(first, "t1", "TERMINATED", _report(0))
+    store.write()
+    folder = tmp_path / "demo"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    real_write = pq.write_table
+
+    def write_then_fill_the_disk(table, where, filesystem=None, **kwargs):
+        with filesystem.open_output_stream(where) as f:  # half a file, then ENOSPC
+            f.write(b"PAR1" + b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    second = make_trial("naive", {}, 1)
+    store.add_report(second, "t2", _report(0))
+    store.set_trial(second, "t2", "TERMINATED", _report(0))
+    monkeypatch.setattr(results.pq, "write_table", write_then_fill_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        store.write()
+    # the previous files are intact and readable; no partial temporary file is left
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert len(pd.read_parquet(folder / "trials.parquet")) == 1
+
+    # the Tune callback reports the failure once and lets the study go on ...
+    from raycl.tune.callbacks import ParquetCallback
+
+    callback = ParquetCallback(store)
+    trial = SimpleNamespace(trial_id="t3", config={"trial": make_trial("naive", {}, 2)},
+                            last_result=_report(0))
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, _report(0))
+    callback.on_trial_complete(0, [], trial)
+    assert "No space left" in callback.write_error
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # ... and once space is back the next write saves every row held in memory
+    monkeypatch.setattr(results.pq, "write_table", real_write)
+    callback.on_experiment_end([])
+    assert callback.write_error is None
+    assert sorted(pd.read_parquet(folder / "trials.parquet")["trial_id"]) == ["t1", "t2", "t3"]
+
+
+def test_stale_temporaries_of_a_killed_driver_are_removed_on_resume(tmp_path):
+    store = ResultStore(tmp_path, "demo")
+    store.set_trial(make_trial("naive", {}, 0), "t1", "TERMINATED", _report(0))
+    store.write()
+    stale = tmp_path / "demo" / ".trials.parquet.tmp-99999"
+    stale.write_bytes(b"PAR1 cut short")
+    again = ResultStore(tmp_path, "demo")
+    again.load()
+    assert not stale.exists() and len(again.trial_rows()) == 1
+
+
+# ---- divergence --------------------------------------------------------------------------------
+_NAN = '''
+from raycl.plugins import StrategyPlugin
+from raycl.study import Arm, Benchmark, Model, Study
+
+
+class PoisonLoss(StrategyPlugin):
+    """Makes the loss NaN (or inf) at the 4th iteration of experience 1."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def before_backward(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter == 1 and strategy.clock.train_exp_iterations == 3:
+            strategy.loss = strategy.loss * self.value
+
+
+study = Study(
+    name="nan",
+    benchmark=Benchmark("split_digits", n_experiences=2),
+    model=Model("mlp", hidden_size=16, hidden_layers=1),
+    train_epochs=1,
+    train_mb_size=64,
+    arms=[Arm("nan", lambda c: [PoisonLoss(float("nan"))], baseline=True),
+          Arm("inf", lambda c: [PoisonLoss(float("inf"))], baseline=True)],
+    seeds=[0],
+)
+'''
+
+
+def test_a_diverging_trial_stops_at_once_and_keeps_its_reports(tmp_path):
+    study = load_study(write_study(tmp_path, _NAN))
+    for arm, word in (("nan", "NaN"), ("inf", "inf")):
+        reports: list = []
+        run_trial(study, make_trial(arm, {}, 0), lambda m, s, out=reports: out.append((m, s)))
+        assert [m.get("experience") for m, _ in reports] == [0, None]
+        (good, state), (last, last_state) = reports
+        assert state is not None and last_state is None  # no checkpoint of a diverged model
+        assert math.isfinite(good["avg_accuracy"])
+        assert last[DIVERGED] == (f"training loss became {word} in experience 1, epoch 0, by "
+                                  f"iteration 4 of the epoch")
+        assert math.isnan(last["avg_accuracy"]) and last["device"] == "cpu"
+
+
+def test_divergence_guard_checks_every_n_iterations_and_at_epoch_end():
+    strategy = SimpleNamespace(loss=torch.tensor(1.0), clock=SimpleNamespace(
+        train_exp_counter=0, train_exp_epochs=0, train_epoch_iterations=0))
+    guard = DivergenceGuard(check_every=4)
+    guard.before_training_epoch(strategy)
+    for i, value in enumerate([1.0, float("nan"), 2.0]):  # NaN held, not yet checked
+        strategy.loss, strategy.clock.train_epoch_iterations = torch.tensor(value), i + 1
+        guard.after_training_iteration(strategy)
+    with pytest.raises(TrialDiverged, match="became NaN"):  # the epoch's end checks the rest
+        guard.after_training_epoch(strategy)
+    guard.before_training_epoch(strategy)
+    for value in (1e38, 3e38, -3e38, 2.0):  # huge but finite: never a false alarm
+        strategy.loss = torch.tensor(value)
+        guard.after_training_iteration(strategy)
+    guard.after_training_epoch(strategy)
+    with pytest.raises(ValueError, match="check_every"):
+        DivergenceGuard(0)
+
+
+def test_a_diverged_trial_is_recorded_as_error_with_its_rows_so_far():
+    from raycl.tune.callbacks import ParquetCallback
+
+    store = ResultStore("/nonexistent-never-written", "demo")
+    store.write = lambda: {}  # type: ignore[method-assign]  # rows only, no files here
+    callback = ParquetCallback(store)
+    spec = make_trial("ewc", {"ewc_lambda": 1e9}, 0)
+    trial = SimpleNamespace(trial_id="t1", config={"trial": spec}, last_result=None)
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, _report(0))
+    diverged = {"avg_accuracy": math.nan, DIVERGED: "training loss became NaN in experience 1"}
+    callback.on_trial_result(0, [], trial, diverged)
+    trial.last_result = diverged
+    callback.on_trial_complete(0, [], trial)
+    frames = store.frames()
+    row = frames["trials"].iloc[0]
+    assert row["status"] == "ERROR"
+    assert row["error"] == "diverged: training loss became NaN in experience 1"
+    assert row["experiences_done"] == 1
+    assert len(frames["curves"]) == 1 and len(frames["matrix"]) == 2
+
+
+# ---- checkpoint integrity ----------------------------------------------------------------------
+class _NotATensor:
+    """A custom class: ``torch.load(weights_only=True)`` must refuse to unpickle it."""
+
+
+def test_corrupt_checkpoints_are_detected_and_skipped_for_the_previous_one(tmp_path):
+    from raycl.tune.trainable import (
+        DIGEST_FILE,
+        STATE_FILE,
+        CorruptCheckpoint,
+        read_checkpoint,
+        restore_state,
+        write_checkpoint,
+    )
+
+    fs = pafs.LocalFileSystem()
+    folders = []
+    for i in range(4):
+        folder = tmp_path / "trial" / f"checkpoint_{i:06d}"
+        folder.mkdir(parents=True)
+        write_checkpoint(folder, {"next_experience": i + 1, "w": torch.full((3,), float(i))})
+        folders.append(folder)
+    assert read_checkpoint(fs, str(folders[3]))["next_experience"] == 4
+
+    state_3 = folders[3] / STATE_FILE  # killed while written: cut short
+    state_3.write_bytes(state_3.read_bytes()[:40])
+    state_2 = folders[2] / STATE_FILE  # a flipped byte, same length
+    data = bytearray(state_2.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    state_2.write_bytes(bytes(data))
+    state, notes = restore_state(fs, str(folders[3]))
+    assert state["next_experience"] == 2 and torch.equal(state["w"], torch.ones(3))
+    assert len(notes) == 2
+    assert notes[0].startswith("skipped corrupt checkpoint checkpoint_000003: sha256 mismatch")
+    assert notes[1].startswith("skipped corrupt checkpoint checkpoint_000002: sha256 mismatch")
+
+    (folders[1] / DIGEST_FILE).unlink()  # never finished: no digest
+    # a pickle that is not weights-only (digest right): refused, never executed
+    torch.save({"evil": _NotATensor()}, folders[0] / STATE_FILE)
+    (folders[0] / DIGEST_FILE).write_text(
+        hashlib.sha256((folders[0] / STATE_FILE).read_bytes()).hexdigest())
+    with pytest.raises(CorruptCheckpoint, match="does not load"):
+        read_checkpoint(fs, str(folders[0]))
+    state, notes = restore_state(fs, str(folders[3]))
+    assert state is None and len(notes) == 5
+    assert "unreadable" in notes[2] and notes[-1] == "no intact checkpoint: the trial starts over"
+
+
+# ---- safety ------------------------------------------------------------------------------------
+def test_dashboard_is_off_or_local_unless_asked(tmp_path):
+    from raycl.tune.runner import ray_init_kwargs
+
+    local = ray_init_kwargs(None)
+    assert local["include_dashboard"] is False and local["dashboard_host"] == "127.0.0.1"
+    asked = ray_init_kwargs(None, "127.0.0.1")
+    assert asked["include_dashboard"] is True and asked["dashboard_host"] == "127.0.0.1"
+    assert ray_init_kwargs(None, "0.0.0.0")["dashboard_host"] == "0.0.0.0"
+    cluster = ray_init_kwargs("auto")  # a cluster's dashboard is the cluster's business
+    assert "include_dashboard" not in cluster and "dashboard_host" not in cluster
+    args = parser().parse_args(["s.py", "--dashboard-host", "127.0.0.1"])
+    assert args.dashboard_host == "127.0.0.1"
+    assert parser().parse_args(["s.py"]).dashboard_host is None
+
+
+def test_checkpoints_never_unpickle_arbitrary_objects():
+    from raycl.study.trial import deserialize_state, serialize_state
+
+    marker = Path(os.environ.get("TMPDIR", "/tmp")) / f"raycl-pwned-{os.getpid()}"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import io
+    import pickle
+
+    buffer = io.BytesIO()
+    torch.save({"x": Exploit()}, buffer)  # would run a shell command if unpickled
+    with pytest.raises(pickle.UnpicklingError):
+        deserialize_state(buffer.getvalue())
+    assert not marker.exists()
+    assert deserialize_state(serialize_state({"w": torch.ones(2)}))["w"].sum() == 2
