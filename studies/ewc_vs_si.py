@@ -40,7 +40,7 @@ study = Study(
             {"ewc_lambda": tune.loguniform(10.0, 5e3),
              "decay_factor": tune.uniform(0.5, 1.0)}),
         Arm("si", lambda c: [SynapticIntelligencePlugin(c["si_lambda"])],
-            {"si_lambda": tune.loguniform(0.01, 5.0)}),
+            {"si_lambda": tune.loguniform(0.01, 1.0)}),
     ],
     seeds=[0, 1, 2],
     num_samples=4,

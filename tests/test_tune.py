@@ -175,7 +175,9 @@ def test_driver_killed_three_times_then_resumed_loses_and_duplicates_nothing(
 
     final = subprocess.run([*command, "--resume"], cwd=work, env=env, capture_output=True,
                            text=True, timeout=240)
-    assert final.returncode == 1, final.stdout[-3000:] + final.stderr[-3000:]  # 'nan' errored
+    # the 'nan' arm's trials diverge: recorded as ERROR, yet the study itself succeeded
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    assert "errored (2 diverged)" in final.stdout
     assert f"({len(before[before['status'] == 'TERMINATED'])} done before)" in final.stdout
 
     # the same trials as an uninterrupted study, each exactly once

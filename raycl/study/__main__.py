@@ -1,8 +1,9 @@
 """``python -m raycl.study STUDY_FILE [options]``: run a hyperparameter study on Ray Tune.
 
-Exit status: 0 when every trial finished, 1 when some trial errored or the run was interrupted
-(finish it with ``--resume``), 2 for a study file that does not validate or a run that must not
-start; those print a single line ``error: ...`` on stderr before Ray is started.
+Exit status: 0 when every trial finished or diverged (a diverged trial is a result of its
+hyperparameters, recorded as ERROR with the reason), 1 when some trial failed otherwise or the
+run was interrupted (finish it with ``--resume``), 2 for a study file that does not validate or a
+run that must not start; those print a single line ``error: ...`` on stderr before Ray is started.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 1 if (outcome.errored or outcome.interrupted) else 0
+    failed = outcome.errored - outcome.diverged
+    return 1 if (failed or outcome.interrupted) else 0
 
 
 if __name__ == "__main__":

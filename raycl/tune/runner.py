@@ -75,7 +75,10 @@ class StudyOutcome:
     finished: int
     """Trials this run finished (TERMINATED)."""
     errored: int
-    """Trials this run left in ERROR."""
+    """Trials this run left in ERROR (diverged ones included)."""
+    diverged: int
+    """Of those, trials stopped because their loss became NaN or infinite: an outcome of their
+    hyperparameters, recorded as a result, not a failure of the run."""
     skipped: int
     """Trials done by earlier runs and not rerun."""
     interrupted: bool
@@ -375,7 +378,10 @@ def _outcome(prepared: PreparedRun, trial_ids: list[str], start: float, interrup
     outcome = StudyOutcome(
         study=study, directory=store.uri, paths={t: store.path(t) for t in frames},
         started=len(trial_ids), finished=int((mine["status"] == "TERMINATED").sum()),
-        errored=int((mine["status"] == "ERROR").sum()), skipped=prepared.skipped,
+        errored=int((mine["status"] == "ERROR").sum()),
+        diverged=int(((mine["status"] == "ERROR")
+                      & mine["error"].fillna("").str.startswith("diverged:")).sum()),
+        skipped=prepared.skipped,
         interrupted=interrupted, wall_time_s=time.monotonic() - start, summary=lines)
     print("", file=out)
     for line in lines:
@@ -387,6 +393,7 @@ def _outcome(prepared: PreparedRun, trial_ids: list[str], start: float, interrup
         print("the study was interrupted: run the same command with --resume to finish it",
               file=out)
     print(f"study {study.name}: {outcome.finished} trial(s) finished, {outcome.errored} "
-          f"errored, {outcome.skipped} done before, in {outcome.wall_time_s:.1f} s", file=out)
+          f"errored ({outcome.diverged} diverged), {outcome.skipped} done before, in "
+          f"{outcome.wall_time_s:.1f} s", file=out)
     print(f"report: python -m raycl.report {store.uri}", file=out, flush=True)
     return outcome
