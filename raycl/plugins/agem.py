@@ -17,22 +17,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from raycl.benchmarks.base import CLDataset, TensorCLDataset
+from raycl.benchmarks.base import TensorCLDataset
 from raycl.plugins.base import StrategyPlugin
-from raycl.plugins.gem import loss_gradients
+from raycl.plugins.gem import EpisodicMemory, loss_gradients
 from raycl.plugins.storage_policy import (
     check_positive_int,
-    experience_data,
     load_memory_state,
     memory_state,
-    random_subset,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from raycl.training.strategy import BaseStrategy
 
 
-class AGEMPlugin(StrategyPlugin):
+class AGEMPlugin(EpisodicMemory, StrategyPlugin):
     """Averaged Gradient Episodic Memory.
 
     Args:
@@ -51,18 +49,6 @@ class AGEMPlugin(StrategyPlugin):
         self._params: list[nn.Parameter] = []
         self._mem: TensorCLDataset | None = None  # every stored sample, on the device
         self._sizes = self._offsets = self._pad = torch.zeros(0, dtype=torch.long)
-
-    @torch.no_grad()
-    def update_memory(self, dataset: CLDataset, t: int | None = None,
-                      device: torch.device | str | None = None) -> None:
-        """Store ``patterns_per_experience`` random samples of ``dataset`` as experience ``t``."""
-        t = len(self.ext_mem) if t is None else t
-        mem = random_subset(dataset, self.patterns_per_experience)
-        self.ext_mem[t] = mem.to(device) if device is not None else mem
-
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
-        self.update_memory(experience_data(strategy), strategy.clock.train_exp_counter,
-                           strategy.device)
 
     def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
         groups = [m.to(strategy.device) for m in self.ext_mem.values() if len(m)]

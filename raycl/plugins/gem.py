@@ -50,7 +50,28 @@ def loss_gradients(strategy: BaseStrategy, params: list[nn.Parameter], x: Tensor
             for p, g in zip(params, grads, strict=True)]
 
 
-class GEMPlugin(StrategyPlugin):
+class EpisodicMemory:
+    """GEM's and A-GEM's memory: ``patterns_per_experience`` random samples of each experience,
+    in ``ext_mem`` (experience -> TensorCLDataset), stored after training on it."""
+
+    ext_mem: dict[int, TensorCLDataset]
+    patterns_per_experience: int
+
+    @torch.no_grad()
+    def update_memory(self, dataset: CLDataset, t: int | None = None,
+                      device: torch.device | str | None = None) -> None:
+        """Store ``patterns_per_experience`` random samples of ``dataset`` as experience ``t``."""
+        t = len(self.ext_mem) if t is None else t
+        mem = random_subset(dataset, self.patterns_per_experience)
+        self.ext_mem[t] = mem.to(device) if device is not None else mem
+
+    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+        """Add the experience just trained to the memory."""
+        self.update_memory(experience_data(strategy), strategy.clock.train_exp_counter,
+                           strategy.device)
+
+
+class GEMPlugin(EpisodicMemory, StrategyPlugin):
     """Gradient Episodic Memory.
 
     Args:
@@ -80,18 +101,7 @@ class GEMPlugin(StrategyPlugin):
         self._stacks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # equal-size groups
         self._vmap_ok: bool | None = None
 
-    # ---- memory ---------------------------------------------------------------------------------
-    @torch.no_grad()
-    def update_memory(self, dataset: CLDataset, t: int | None = None,
-                      device: torch.device | str | None = None) -> None:
-        """Store ``patterns_per_experience`` random samples of ``dataset`` as experience ``t``."""
-        t = len(self.ext_mem) if t is None else t
-        mem = random_subset(dataset, self.patterns_per_experience)
-        self.ext_mem[t] = mem.to(device) if device is not None else mem
-
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
-        self.update_memory(experience_data(strategy), strategy.clock.train_exp_counter,
-                           strategy.device)
+    # ---- memory: update_memory / after_training_exp from EpisodicMemory ------------------------
 
     def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
         # memories of equal size are stacked (experience, sample, ...) for the vectorised pass

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from raycl.plugins._params import (
     QuadraticPenalty,
+    accumulate_path_integral,
     check_number,
     pad_to,
     pick,
@@ -117,9 +118,7 @@ class RWalkPlugin(StrategyPlugin):
     def after_update(self, strategy: BaseStrategy, **kwargs: Any) -> None:
         """Loss change of the step: ``dL -= g * (theta_new - theta_old)``."""
         pos, grads = self._grads
-        prev = pick(self._prev, pos)
-        torch._foreach_sub_(prev, pick(self._params, pos))  # theta_old - theta_new
-        torch._foreach_addcmul_(pick(self._loss, pos), grads, prev)
+        accumulate_path_integral(self._loss, self._prev, self._params, pos, grads)
         self._grads = (None, [])
         if self._penalty:  # let the loss's gradients go
             self._penalty.task_grads = []

@@ -30,11 +30,11 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from raycl.plugins._params import (
     QuadraticPenalty,
+    accumulate_path_integral,
     at_experience,
     check_number,
     check_schedule,
     pad_to,
-    pick,
     task_grads,
 )
 from raycl.plugins.base import StrategyPlugin
@@ -126,9 +126,7 @@ class SynapticIntelligencePlugin(StrategyPlugin):
     def after_update(self, strategy: BaseStrategy, **kwargs: Any) -> None:
         """Path integral: ``w += -g * (theta_new - theta_old)``."""
         pos, grads = self._grads
-        prev = pick(self._prev, pos)
-        torch._foreach_sub_(prev, pick(self._params, pos))  # theta_old - theta_new
-        torch._foreach_addcmul_(pick(self._path, pos), grads, prev)
+        accumulate_path_integral(self._path, self._prev, self._params, pos, grads)
         self._grads = (None, [])
         if self._penalty:  # let the loss's gradients go
             self._penalty.task_grads = []
