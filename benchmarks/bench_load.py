@@ -64,6 +64,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200, help="trials (even: 2 seeds each)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    parser.add_argument("--tracemalloc", default=None, metavar="FIRST,LAST",
+                        help="run the driver under tracemalloc (benchmarks/trace_driver.py) and "
+                             "print the top allocation sites by growth between the FIRST-th "
+                             "and LAST-th finished trial (slower; RSS includes its overhead)")
     args = parser.parse_args()
     configs = max(1, args.trials // 2)
     work = Path(tempfile.mkdtemp(prefix="raycl-load-"))
@@ -73,6 +77,9 @@ def main() -> None:
         storage = work / "results"
         command = [sys.executable, "-m", "raycl.study", str(study), "--storage", str(storage),
                    "--gpus-per-trial", "0"]
+        if args.tracemalloc:
+            first, last = args.tracemalloc.split(",")
+            command[1:3] = [str(REPO / "benchmarks" / "trace_driver.py"), first, last]
         log = (work / "driver.log").open("w")
         start = time.monotonic()
         driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -120,6 +127,12 @@ def main() -> None:
               f"{max(values):.0f} MB, end {values[-1]:.0f} MB; slope over the second half "
               f"{slope:+.1f} MB per 100 trials ({len(samples)} samples; first trial done "
               f"{first_s:.0f} s after the first start)")
+        if args.tracemalloc:
+            keep = False
+            for line in output.splitlines():
+                keep = line.startswith("[tracemalloc]") or (keep and line.startswith("  "))
+                if keep:
+                    print(line)
         if not ok:
             sys.exit(1)
     finally:

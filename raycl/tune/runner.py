@@ -322,6 +322,11 @@ def run_study(path: str | Path, *, address: str | None = None, storage: str = "r
     # Ray's own trial table is replaced by ProgressCallback (verbose=0 silences it only with
     # the classic output engine).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # No per-trial result.json / progress.csv / TensorBoard files from Tune's default logger
+    # callbacks: the Parquet tables hold every report, and the loggers' per-trial writers
+    # (a TensorBoard writer thread per trial) cost the driver ~0.1 MB of RSS per trial
+    # (bench_load.py). TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 in the environment brings them back.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     connected = fitting = False
     write_error = None
     try:
