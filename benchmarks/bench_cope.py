@@ -15,9 +15,7 @@ Time = training wall time of the whole stream, median of ``--repeats`` interleav
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,10 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BATCH,
     EPOCHS,
+    ONLINE_LR,
+    bench_args,
     interleaved,
     make_benchmark,
     make_mlp,
     make_optimizer,
+    online_plain,
     plain_loop,
     time_strategy,
 )
@@ -42,7 +43,7 @@ from raycl.evaluation import EvaluationPlugin, accuracy_metrics  # noqa: E402
 from raycl.plugins import CoPEPlugin, CWRStarPlugin  # noqa: E402
 from raycl.training import Naive  # noqa: E402
 
-ONLINE_LR, P_SIZE, MEM = 0.01, 32, 500
+P_SIZE, MEM = 32, 500
 
 
 def embedder(seed: int = 0) -> nn.Module:
@@ -51,22 +52,6 @@ def embedder(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
                          nn.Linear(256, P_SIZE))
 
-
-def online_plain(bench, device: str) -> float:
-    """A plain loop over the online stream's minibatches of 10, one pass."""
-    model = make_mlp().to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=ONLINE_LR, momentum=0.9)
-    crit = nn.CrossEntropyLoss()
-    data = [(e.dataset.x.to(device), e.dataset.targets.to(device)) for e in bench.train_stream]
-    _sync(device)
-    start = time.perf_counter()
-    for x, y in data:
-        order = torch.randperm(x.shape[0]).to(device)
-        opt.zero_grad(set_to_none=True)
-        crit(model(x[order]), y[order]).backward()
-        opt.step()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def strategy(kind: str, device: str, online: bool, adam: bool = False) -> Naive:
@@ -101,12 +86,7 @@ def report(title: str, res: dict[str, float], accs: dict[str, float], floor: str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (peer timings: 1)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = bench_args(__doc__)
     dev = args.device
 
     bench = make_benchmark("class")

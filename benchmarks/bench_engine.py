@@ -10,23 +10,22 @@ minibatches (target <= 2x); and the time of ``import raycl``.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     BATCH,
     EPOCHS,
+    bench_args,
     interleaved,
     make_benchmark,
     make_mlp,
     make_optimizer,
+    online_plain,
     plain_loop,
     time_strategy,
 )
@@ -47,30 +46,9 @@ def naive(bench, device: str, evaluator_factory, mb: int = BATCH, epochs: int = 
                  device=device, evaluator=evaluator_factory())
 
 
-def online_plain(bench, device: str) -> float:
-    """A plain loop over the online stream's minibatches of 10, one pass, lr 0.01."""
-    model = make_mlp().to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    crit = torch.nn.CrossEntropyLoss()
-    data = [(e.dataset.x.to(device), e.dataset.targets.to(device)) for e in bench.train_stream]
-    start = time.perf_counter()
-    for x, y in data:
-        order = torch.randperm(x.shape[0]).to(device)
-        opt.zero_grad(set_to_none=True)
-        crit(model(x[order]), y[order]).backward()
-        opt.step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (peer timings: 1)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = bench_args(__doc__)
     dev = args.device
 
     bench = make_benchmark("class")

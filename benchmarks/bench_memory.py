@@ -18,7 +18,6 @@ Then GEM's cost per training iteration with 1 to 10 past experiences in memory, 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from common import (  # noqa: E402
     BATCH,
     EPOCHS,
     _sync,
+    bench_args,
     interleaved,
     make_benchmark,
     make_mlp,
@@ -143,12 +143,7 @@ def _train_time(s: Naive, exp, device: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (peer timings: 1)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = bench_args(__doc__)
     dev = args.device
 
     bench = make_benchmark("class")

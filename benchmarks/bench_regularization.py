@@ -40,6 +40,7 @@ from common import (  # noqa: E402
     BATCH,
     EPOCHS,
     N_EXP,
+    bench_args,
     make_benchmark,
     make_data,
     make_mlp,
@@ -250,14 +251,11 @@ def bench_breakdown(device: str, repeats: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (peer timings: 1)")
-    ap.add_argument("--scenarios", default="class,task,permuted")
-    ap.add_argument("--memory-experiences", type=int, default=10)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    def options(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--scenarios", default="class,task,permuted")
+        ap.add_argument("--memory-experiences", type=int, default=10)
+
+    args = bench_args(__doc__, options)
     for scenario in args.scenarios.split(","):
         bench_scenario(scenario, args.device, args.repeats)
     if args.memory_experiences:

@@ -9,6 +9,7 @@ relative to each other).
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +21,21 @@ from raycl.benchmarks import nc_benchmark, permuted_benchmark
 
 N_TRAIN, N_TEST, N_CLASSES, N_EXP = 4000, 1000, 10, 5
 BATCH, EPOCHS, LR, MOMENTUM = 32, 2, 0.05, 0.9
+ONLINE_LR = 0.01  # the online stream of the peer timings: batch 10, one pass, lr 0.01
+
+
+def bench_args(doc: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+               ) -> argparse.Namespace:
+    """Parse ``--device``, ``--repeats``, ``--threads`` (and ``extra``'s options); set threads."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (peer timings: 1)")
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def make_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,6 +96,23 @@ def plain_loop(bench, model: nn.Module, device: str = "cpu") -> float:
                 loss = crit(model(x[idx]), y[idx])
                 loss.backward()
                 opt.step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def online_plain(bench, device: str) -> float:
+    """A plain loop over an online stream's minibatches (one per experience), one pass."""
+    model = make_mlp().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=ONLINE_LR, momentum=MOMENTUM)
+    crit = nn.CrossEntropyLoss()
+    data = [(e.dataset.x.to(device), e.dataset.targets.to(device)) for e in bench.train_stream]
+    _sync(device)
+    start = time.perf_counter()
+    for x, y in data:
+        order = torch.randperm(x.shape[0]).to(device)
+        opt.zero_grad(set_to_none=True)
+        crit(model(x[order]), y[order]).backward()
+        opt.step()
     _sync(device)
     return time.perf_counter() - start
 
