@@ -149,6 +149,14 @@ def _colors_for(trials: pd.DataFrame) -> dict[str, str]:
     return arm_colors(arm_labels(trials).unique())
 
 
+def _figure_and_axes(ax: Axes | None, width: float, height: float) -> tuple[Figure, Axes]:
+    """``ax`` and its figure, or a new ``width`` x ``height`` figure with one axes."""
+    if ax is None:
+        fig = _new_figure(width, height)
+        return fig, fig.add_subplot()
+    return _figure_of(ax), ax
+
+
 def _figure_of(ax: Axes) -> Figure:
     """The top-level figure an axes is drawn in (also through subfigures)."""
     from matplotlib.figure import Figure
@@ -208,11 +216,7 @@ def plot_accuracy_matrix(matrix: pd.DataFrame, trial_id: str, seed: int | None =
                          ax: Axes | None = None, title: str | None = None) -> Figure:
     """Annotated heatmap of one run's accuracy matrix (rows: trained up to; columns: evaluated)."""
     table = accuracy_matrix(matrix, trial_id, seed=seed)
-    if ax is None:
-        fig = _new_figure(1.0 + 0.75 * table.shape[1], 0.9 + 0.7 * table.shape[0])
-        ax = fig.add_subplot()
-    else:
-        fig = _figure_of(ax)
+    fig, ax = _figure_and_axes(ax, 1.0 + 0.75 * table.shape[1], 0.9 + 0.7 * table.shape[0])
     if title is None:
         rows = matrix[matrix["trial_id"].astype(str) == str(trial_id)]
         arm = f"{rows['arm'].iloc[0]}, " if "arm" in rows.columns and len(rows) else ""
@@ -272,11 +276,7 @@ def plot_avg_accuracy_curves(trials: pd.DataFrame, matrix: pd.DataFrame,
     """
     best = best_trials(trials, metric, mode)
     curves = average_accuracy_per_experience(select_runs(matrix, best))
-    if ax is None:
-        fig = _new_figure(7.5, 4.8)
-        ax = fig.add_subplot()
-    else:
-        fig = _figure_of(ax)
+    fig, ax = _figure_and_axes(ax, 7.5, 4.8)
     colors = _colors_for(trials)
     percent = accuracy_is_percent(curves["avg_accuracy"]) if len(curves) else False
     for label in _ordered_labels(trials, metric, mode):
@@ -322,11 +322,7 @@ def plot_forgetting(trials: pd.DataFrame, matrix: pd.DataFrame,
     """
     best = best_trials(trials, metric, mode)
     table = forgetting_per_experience(select_runs(matrix, best))
-    if ax is None:
-        fig = _new_figure(8.0, 4.8)
-        ax = fig.add_subplot()
-    else:
-        fig = _figure_of(ax)
+    fig, ax = _figure_and_axes(ax, 8.0, 4.8)
     colors = _colors_for(trials)
     labels = [lab for lab in _ordered_labels(trials, metric, mode)
               if lab in set(table.get("label", pd.Series(dtype=str)))]
