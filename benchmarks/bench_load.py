@@ -8,13 +8,16 @@ seeds for the default 200; split digits in 2 experiences, 1 epoch, an MLP of 16 
 the driver process's resident set size every ``--interval`` seconds from ``/proc``, and checks
 the results: one trials row per trial, all TERMINATED, exactly one matrix row per (trial,
 trained_exp, eval_exp) and one curves row per (trial, experience). Prints wall time, trials/s and
-the driver's RSS at start (first sample after Ray is up), peak and end, plus the slope of RSS over
-the second half of the run (flat memory: a slope near 0 MB per 100 trials).
+the driver's RSS when a quarter, half and all of the trials are done, its peak, and the
+least-squares slope of RSS against trials done from a quarter of the trials to the last one (flat
+memory: a slope near 0 MB per 100 trials). ``--rss-log`` keeps the samples; ``--trials-per-batch``
+is passed to the study (0: one Tune run, to compare).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -24,6 +27,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +72,11 @@ def main() -> None:
                         help="run the driver under tracemalloc (benchmarks/trace_driver.py) and "
                              "print the top allocation sites by growth between the FIRST-th "
                              "and LAST-th finished trial (slower; RSS includes its overhead)")
+    parser.add_argument("--trials-per-batch", type=int, default=None, metavar="N",
+                        help="passed to the study (default: the study's default; 0: one Tune "
+                             "run for all trials, the behaviour before batching)")
+    parser.add_argument("--rss-log", default=None, metavar="CSV",
+                        help="also write the samples (seconds, RSS MB, trials done) to CSV")
     args = parser.parse_args()
     configs = max(1, args.trials // 2)
     work = Path(tempfile.mkdtemp(prefix="raycl-load-"))
@@ -77,6 +86,8 @@ def main() -> None:
         storage = work / "results"
         command = [sys.executable, "-m", "raycl.study", str(study), "--storage", str(storage),
                    "--gpus-per-trial", "0"]
+        if args.trials_per_batch is not None:
+            command += ["--trials-per-batch", str(args.trials_per_batch)]
         if args.tracemalloc:
             first, last = args.tracemalloc.split(",")
             command[1:3] = [str(REPO / "benchmarks" / "trace_driver.py"), first, last]
@@ -84,10 +95,12 @@ def main() -> None:
         start = time.monotonic()
         driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         samples: list[tuple[float, float]] = []
+        stamps: list[pd.Timestamp] = []
         while driver.poll() is None:
             value = rss_mb(driver.pid)
             if value is not None:
                 samples.append((time.monotonic() - start, value))
+                stamps.append(pd.Timestamp.now(tz="UTC"))
             time.sleep(args.interval)
         wall = time.monotonic() - start
         log.close()
@@ -105,28 +118,32 @@ def main() -> None:
               and not matrix.duplicated(["trial_key", "trained_exp", "eval_exp"]).any()
               and len(curves) == n * N_EXP
               and not curves.duplicated(["trial_key", "experience"]).any())
-        # "start": once Ray is up and trials run (the first finished trial), not the bare import
-        first_done = trials["finished_at"].min()
-        first_s = (first_done - trials["started_at"].min()).total_seconds()
-        values = [v for _, v in samples]
-        running = [(t, v) for t, v in samples if t >= 5.0] or samples
-        half = running[len(running) // 2:]
-        slope = 0.0
-        if len(half) >= 2:
-            t0, v0 = half[0]
-            t1, v1 = half[-1]
-            rate = n / max(wall, 1e-9)  # trials per second
-            slope = (v1 - v0) / max(t1 - t0, 1e-9) / rate * 100
+        # trials finished at each sample, from the trials' finish times
+        finished = trials["finished_at"].sort_values().to_numpy()
+        done = finished.searchsorted(pd.DatetimeIndex(stamps).to_numpy(), side="right")
+        rss = pd.DataFrame({"seconds": [t for t, _ in samples],
+                            "rss_mb": [v for _, v in samples], "trials_done": done})
+        if args.rss_log:
+            rss.to_csv(args.rss_log, index=False)
+        # While trials run: from the first quarter of the trials done (Ray up, trial processes
+        # started, first batch under way) to the last trial done (not the final summary).
+        steady = rss[(rss["trials_done"] >= n // 4) & (rss["trials_done"] < n)]
+        at = {q: rss.loc[rss["trials_done"] >= q * n // 4, "rss_mb"] for q in (1, 2, 4)}
+        slope = math.nan
+        if steady["trials_done"].nunique() >= 2:
+            slope = float(np.polyfit(steady["trials_done"], steady["rss_mb"], 1)[0]) * 100
         print(f"load study: {n} trials x {N_EXP} experiences on {os.cpu_count()} CPUs: "
               f"{wall:.1f} s wall, {n / wall:.2f} trials/s")
         terminated = int((trials["status"] == "TERMINATED").sum())
         print(f"  accounted for: {len(trials)} trials rows ({terminated} TERMINATED), "
               f"{len(matrix)} matrix rows, {len(curves)} curves rows -> "
               f"{'OK' if ok else 'MISSING OR DUPLICATE ROWS'}")
-        print(f"  driver RSS: start {running[0][1]:.0f} MB (t={running[0][0]:.0f} s), peak "
-              f"{max(values):.0f} MB, end {values[-1]:.0f} MB; slope over the second half "
-              f"{slope:+.1f} MB per 100 trials ({len(samples)} samples; first trial done "
-              f"{first_s:.0f} s after the first start)")
+        def first(q: int) -> str:
+            return f"{at[q].iloc[0]:.1f}" if len(at[q]) else "?"
+
+        print(f"  driver RSS: {first(1)} MB at {n // 4} trials done, {first(2)} MB at {n // 2}, "
+              f"{first(4)} MB at {n}; peak {rss['rss_mb'].max():.1f} MB; least-squares slope "
+              f"while trials run {slope:+.2f} MB per 100 trials ({len(samples)} samples)")
         if args.tracemalloc:
             keep = False
             for line in output.splitlines():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import linecache
+import os
 import runpy
 import sys
 import tracemalloc
@@ -43,7 +44,7 @@ def _report(first: tracemalloc.Snapshot, last: tracemalloc.Snapshot, trials: int
 def main() -> None:
     first_at, last_at = int(sys.argv[1]), int(sys.argv[2])
     args = sys.argv[3:]
-    tracemalloc.start(12)
+    tracemalloc.start(int(os.environ.get("RAYCL_TRACE_FRAMES", "12")))
 
     from raycl.tune.callbacks import ParquetCallback
 

@@ -103,3 +103,84 @@ def write_study(folder: Path, text: str, name: str = "study.py",
     path = folder / name
     path.write_text(textwrap.dedent(text))
     return path
+
+#: A clean arm and two arms whose trial process is killed (SIGKILL, once per study: an
+#: atomically created marker file holds the killed pid) while a checkpoint is being written:
+#: "cut_write" half-way through writing state.pt of experience 1 in the trial's temporary folder,
+#: "cut_upload" after Ray copied the checkpoint of experience 3 into storage, with state.pt
+#: cut to half its size there (the digest file complete).
+CHECKPOINT_KILLS = '''
+import os
+import signal
+from pathlib import Path
+
+from raycl.plugins import StrategyPlugin
+from raycl.study import Arm, Benchmark, Model, Study
+
+HERE = Path(__file__).parent
+
+
+def _first_time(stage):
+    try:
+        fd = os.open(HERE / f"{stage}.marker", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+def _die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CutCheckpoint(StrategyPlugin):
+    """Arms the kill before experience ``exp``: its checkpoint is the next one written."""
+
+    def __init__(self, stage, exp):
+        super().__init__()
+        self.stage, self.exp = stage, exp
+
+    def before_training_exp(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter != self.exp or not _first_time(self.stage):
+            return
+        if self.stage == "cut_write":
+            write_bytes = Path.write_bytes
+
+            def half_then_die(path, data):
+                if path.name != "state.pt":
+                    return write_bytes(path, data)
+                with open(path, "wb") as f:
+                    f.write(data[: len(data) // 2])
+                    f.flush()
+                _die()
+
+            Path.write_bytes = half_then_die
+        else:
+            import ray.train._internal.storage as storage
+
+            copy = storage._pyarrow_fs_copy_files
+
+            def copy_then_cut(source, destination, **kw):
+                copy(source, destination, **kw)
+                if "checkpoint_" in str(destination):
+                    state = Path(destination) / "state.pt"
+                    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+                    _die()
+
+            storage._pyarrow_fs_copy_files = copy_then_cut
+
+
+study = Study(
+    name="cuts",
+    benchmark=Benchmark("split_digits", n_experiences=5),
+    model=Model("mlp", hidden_size=32, hidden_layers=1),
+    train_epochs=1,
+    train_mb_size=64,
+    arms=[Arm("clean", baseline=True),
+          Arm("cut_write", lambda c: [CutCheckpoint("cut_write", 1)], baseline=True),
+          Arm("cut_upload", lambda c: [CutCheckpoint("cut_upload", 3)], baseline=True)],
+    seeds=[0, 1],
+    max_failures=1,
+)
+'''

@@ -183,6 +183,41 @@ def test_stale_temporaries_of_a_killed_driver_are_removed_on_resume(tmp_path):
     assert not stale.exists() and len(again.trial_rows()) == 1
 
 
+def test_checkpoint_temporaries_of_killed_trial_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from raycl.tune.trainable import TEMP_PREFIX, remove_stale_temporaries
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(gone.stdout)  # a pid whose process has ended
+    folders = {name: tmp_path / f"{TEMP_PREFIX}{pid}-abc" for name, pid in
+               (("dead_old", dead), ("alive_old", os.getpid()))}
+    folders["dead_new"] = tmp_path / f"{TEMP_PREFIX}{dead}-new"
+    folders["other"] = tmp_path / "raycl-ckpt-notapid-x"
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "state.pt").write_bytes(b"half a checkpoint")
+    for name in ("dead_old", "alive_old", "other"):
+        os.utime(folders[name], (0, 0))  # changed long ago
+    removed = remove_stale_temporaries(tmp_path, min_age_s=600)
+    assert removed == [str(folders["dead_old"])]
+    # a live process's folder, a fresh one (maybe another PID namespace) and others stay
+    assert {n for n, f in folders.items() if f.exists()} == {"alive_old", "dead_new", "other"}
+
+
+def test_trials_per_batch_splits_every_trial_once_and_validates():
+    from raycl.tune.runner import _batches, default_trials_per_batch
+
+    assert _batches(250, 100) == [100, 100, 50]
+    assert _batches(100, 100) == [100] and _batches(7, 0) == [7] and _batches(0, 100) == [0]
+    assert default_trials_per_batch(2) == 100 and default_trials_per_batch(16) == 320
+    assert parser().parse_args(["s.py", "--trials-per-batch", "0"]).trials_per_batch == 0
+    with pytest.raises(SystemExit):
+        parser().parse_args(["s.py", "--trials-per-batch", "-1"])
+
+
 # ---- divergence --------------------------------------------------------------------------------
 _NAN = '''
 from raycl.plugins import StrategyPlugin

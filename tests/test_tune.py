@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from study_files import DIES, TINY, write_study
+from study_files import CHECKPOINT_KILLS, DIES, TINY, write_study
 
 from raycl.tune.runner import run_study
 
@@ -90,6 +90,47 @@ def test_fake_gpus_one_trial_per_gpu_and_a_killed_trial_resumes(ray_address, tmp
         pd.testing.assert_frame_equal(clean.reset_index(drop=True), dies.reset_index(drop=True))
 
 
+def test_trial_killed_while_writing_its_checkpoint_resumes_from_the_last_complete_one(
+        ray_address, tmp_path):
+    path = write_study(tmp_path, CHECKPOINT_KILLS)
+    outcome = run_study(path, storage=str(tmp_path / "results"), gpus_per_trial=0,
+                        out=io.StringIO())
+    assert (outcome.finished, outcome.errored, outcome.interrupted) == (6, 0, False)
+    for stage in ("cut_write", "cut_upload"):  # each kill happened, in a trial process
+        assert int((tmp_path / f"{stage}.marker").read_text()) != os.getpid()
+
+    curves = pd.read_parquet(outcome.paths["curves"])
+    assert len(curves) == 6 * 5 and not curves.duplicated(["trial_key", "experience"]).any()
+    restarted = curves[curves["resumed_from"] > 0]
+    # killed while writing experience 1's checkpoint: restarted from experience 0's (1 done);
+    # killed while experience 3's was copied to storage: from experience 2's (3 done)
+    starts = restarted.groupby("arm")["resumed_from"].unique().map(list).to_dict()
+    assert starts == {"cut_write": [1], "cut_upload": [3]}
+    assert sorted(restarted[restarted["arm"] == "cut_write"]["experience"]) == [1, 2, 3, 4]
+    assert sorted(restarted[restarted["arm"] == "cut_upload"]["experience"]) == [3, 4]
+
+    # the resumed trials learned exactly what their uninterrupted twins did
+    matrix = pd.read_parquet(outcome.paths["matrix"])
+    assert len(matrix) == 6 * 5 * 5
+    cols = ["seed", "trained_exp", "eval_exp", "accuracy", "loss"]
+    for arm in ("cut_write", "cut_upload"):
+        for seed in (0, 1):
+            clean = matrix[(matrix["arm"] == "clean") & (matrix["seed"] == seed)][cols]
+            cut = matrix[(matrix["arm"] == arm) & (matrix["seed"] == seed)][cols]
+            pd.testing.assert_frame_equal(clean.reset_index(drop=True),
+                                          cut.reset_index(drop=True))
+
+    # every checkpoint left in storage is complete: the cut one was written again
+    import pyarrow.fs as pafs
+
+    from raycl.tune.trainable import read_checkpoint
+
+    folders = sorted((tmp_path / "results" / "cuts" / "_ray").rglob("checkpoint_*"))
+    assert len(folders) == 6 * 5
+    for folder in folders:
+        read_checkpoint(pafs.LocalFileSystem(), str(folder))
+
+
 SLOW = {
     # a pause after each experience: every trial lasts at least ~0.75 s on any machine
     "from raycl.study import": "import time\n\nfrom raycl.plugins import StrategyPlugin\n"
@@ -135,8 +176,9 @@ def test_driver_killed_three_times_then_resumed_loses_and_duplicates_nothing(
         folder.mkdir()
     path = write_study(files, TINY, replace=DIVERGING)
     # default --storage: ./results of the driver's working directory, which must hold nothing else
+    # 4 Tune runs of at most 3 trials: kills and the resume cross batch boundaries
     command = [sys.executable, "-m", "raycl.study", str(path), "--address", ray_address,
-               "--gpus-per-trial", "0"]
+               "--gpus-per-trial", "0", "--trials-per-batch", "3"]
     env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
     token = Path.home() / ".ray" / "auth_token"  # the local Ray's token, which ray.init wrote
     if token.exists() and "RAY_AUTH_TOKEN_PATH" not in env:
@@ -224,9 +266,12 @@ def test_optuna_search_with_asha(ray_address, tmp_path):
     path = write_study(tmp_path, TINY, replace={
         "num_samples=2,": "num_samples=2, search='optuna', scheduler='asha',",
         '{"si_lambda": tune.grid_search([0.1, 1.0])}': '{"si_lambda": tune.uniform(0.1, 1.0)}'})
+    # three Tune runs (4 + 4 + 2 trials) share one Optuna searcher and one ASHA scheduler
     outcome = run_study(path, storage=str(tmp_path / "results"), gpus_per_trial=0,
-                        out=io.StringIO())
+                        out=io.StringIO(), trials_per_batch=4)
     assert (outcome.started, outcome.errored, outcome.interrupted) == (10, 0, False)
+    runs = [p.name for p in (tmp_path / "results" / "tiny" / "_ray").iterdir() if p.is_dir()]
+    assert sorted(r.rsplit("-", 1)[1] for r in runs) == ["b000", "b001", "b002"]
     trials = pd.read_parquet(outcome.paths["trials"])
     assert len(trials) == 10 and set(trials["status"]) == {"TERMINATED"}
     for arm, param in (("ewc", "param_ewc_lambda"), ("si", "param_si_lambda")):

@@ -20,6 +20,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
+    return value
+
+
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -59,6 +66,10 @@ def parser() -> argparse.ArgumentParser:
                    help="start Ray's dashboard with the local Ray, listening on HOST "
                         "(127.0.0.1: this machine only; 0.0.0.0 opens it to the network). "
                         "Default: no dashboard")
+    p.add_argument("--trials-per-batch", type=_non_negative_int, default=None, metavar="N",
+                   help="run the trials as successive Ray Tune runs of at most N, so the "
+                        "driver's memory stays flat on long studies (default: 100, or 20 per "
+                        "trial the cluster runs at once if more; 0: one run)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the study and print the trials that would run")
     return p
@@ -93,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         outcome = run_study(args.study_file, address=args.address, prepared=prepared,
-                            dashboard_host=args.dashboard_host, **options)
+                            dashboard_host=args.dashboard_host,
+                            trials_per_batch=args.trials_per_batch, **options)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

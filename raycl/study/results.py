@@ -7,12 +7,17 @@
 * ``curves.parquet``: one row per (trial, experience reported) with every reported metric
   (:data:`CURVE_ID_COLUMNS`, then the metrics).
 
-The driver holds the rows in memory keyed by ``trial_key`` (stable across runs, unlike Ray's
-``trial_id``), so a trial that is rerun replaces its rows instead of adding new ones, and rewrites
-the files as trials finish. Each file is written to a temporary name in the same directory and
-renamed over the old one, so a reader (or a driver killed mid-write) never sees a torn file; on
-object stores (``s3://``) the single PUT of an object is atomic already. ``storage`` is a local
-path or any URI pyarrow understands.
+The driver holds the trials and curves rows in memory keyed by ``trial_key`` (stable across
+runs, unlike Ray's ``trial_id``), so a trial that is rerun replaces its rows instead of adding new
+ones, and rewrites the files as trials finish. The matrix rows are built from the curves rows
+(each holds its row of the matrix as ``acc_exp_*`` / ``loss_exp_*``) when the files are written,
+and the memory Arrow used for a write is handed back after it: the driver holds about 2 KB per
+reported experience and nothing per write (``benchmarks/bench_load.py``).
+
+Each file is written to a temporary name in the same directory and renamed over the old one, so
+a reader (or a driver killed mid-write) never sees a torn file; on object stores (``s3://``) the
+single PUT of an object is atomic already. ``storage`` is a local path or any URI pyarrow
+understands.
 """
 
 from __future__ import annotations
@@ -110,8 +115,8 @@ class ResultStore:
         #: Where this study lives, as a path or URI (what ``raycl.report`` takes).
         self.uri = f"{root_uri}/{study}"
         self._trials: dict[str, dict[str, Any]] = {}
-        self._matrix: dict[tuple[str, int, int], dict[str, Any]] = {}
-        self._curves: dict[tuple[str, int], dict[str, Any]] = {}
+        #: trial_key -> experience -> curves row
+        self._curves: dict[str, dict[int, dict[str, Any]]] = {}
 
     # ---- locations --------------------------------------------------------------------------
     @property
@@ -143,16 +148,14 @@ class ResultStore:
         """Read the existing tables (if any) into memory, so a resumed run keeps their rows."""
         self.remove_stale_temporaries()
         frames = {}
-        for table in _TABLES:
+        for table in ("trials", "curves"):  # the matrix is rebuilt from the curves
             path = self._fs_path(table)
             frames[table] = (pq.read_table(path, filesystem=self.fs).to_pandas()
                              if self._exists(path) else None)
         for row in _records(frames["trials"]):
             self._trials[row["trial_key"]] = row
-        for row in _records(frames["matrix"]):
-            self._matrix[(row["trial_key"], int(row["trained_exp"]), int(row["eval_exp"]))] = row
         for row in _records(frames["curves"]):
-            self._curves[(row["trial_key"], int(row["experience"]))] = row
+            self._curves.setdefault(row["trial_key"], {})[int(row["experience"])] = row
 
     def done_keys(self) -> set[str]:
         """Keys of the trials that finished (status TERMINATED)."""
@@ -165,26 +168,19 @@ class ResultStore:
     def forget_reports(self, trial_key: str) -> None:
         """Drop a trial's curves and matrix rows (it is starting over: rows of an interrupted
         earlier run must not outlive the new run, which may stop sooner)."""
-        self._curves = {k: v for k, v in self._curves.items() if k[0] != trial_key}
-        self._matrix = {k: v for k, v in self._matrix.items() if k[0] != trial_key}
+        self._curves.pop(trial_key, None)
 
     def add_report(self, trial: Mapping[str, Any], trial_id: str,
                    metrics: Mapping[str, Any]) -> None:
-        """Record one report of a trial: its curves row and its row of the accuracy matrix."""
+        """Record one report of a trial: its curves row, which holds its row of the accuracy
+        matrix too."""
         ident = self._ident(trial, trial_id)
         exp = int(metrics["experience"])
         curve = {**ident, "experience": exp,
                  "training_iteration": int(metrics.get("training_iteration", exp + 1))}
         curve.update({k: _plain(v) for k, v in metrics.items()
                       if k in _CURVE_METRICS or k.startswith(("acc_exp_", "loss_exp_"))})
-        self._curves[(ident["trial_key"], exp)] = curve
-        j = 0
-        while f"acc_exp_{j:03d}" in metrics:
-            self._matrix[(ident["trial_key"], exp, j)] = {
-                **ident, "trained_exp": exp, "eval_exp": j,
-                "accuracy": _plain(metrics[f"acc_exp_{j:03d}"]),
-                "loss": _plain(metrics.get(f"loss_exp_{j:03d}", math.nan))}
-            j += 1
+        self._curves.setdefault(ident["trial_key"], {})[exp] = curve
 
     def set_trial(self, trial: Mapping[str, Any], trial_id: str, status: str,
                   metrics: Mapping[str, Any], *, error: str | None = None,
@@ -216,14 +212,14 @@ class ResultStore:
         """The three tables as DataFrames, columns in their documented order."""
         trials = list(self._trials.values())
         params = sorted({k for r in trials for k in r if k.startswith("param_")})
-        curve_rows = list(self._curves.values())
+        curve_rows = [r for rows in self._curves.values() for r in rows.values()]
         present = {k for r in curve_rows for k in r}
         per_exp = sorted(k for k in present if k.startswith(("acc_exp_", "loss_exp_")))
         curve_cols = (list(CURVE_ID_COLUMNS) + [k for k in _CURVE_METRICS if k in present]
                       + per_exp + ["schema_version"])
         return {
             "trials": _frame(trials, [*_TRIAL_HEAD, *params, *_TRIAL_TAIL]),
-            "matrix": _frame(sorted(self._matrix.values(), key=_matrix_order),
+            "matrix": _frame(sorted(_matrix_rows(curve_rows), key=_matrix_order),
                              list(MATRIX_COLUMNS)),
             "curves": _frame(sorted(curve_rows, key=_curve_order), curve_cols),
         }
@@ -249,6 +245,10 @@ class ResultStore:
                     raise
             else:
                 pq.write_table(data, final, filesystem=self.fs)
+            del data
+        # Arrow's allocator keeps freed pages for reuse; tables grow as trials finish, so
+        # without this the driver's memory would grow with each write's high-water mark.
+        pa.default_memory_pool().release_unused()
         return {t: self.path(t) for t in _TABLES}
 
     def _remove(self, fs_path: str) -> None:
@@ -282,6 +282,18 @@ def _records(frame: pd.DataFrame | None) -> Iterable[dict[str, Any]]:
         return []
     frame = frame.astype(object).where(frame.notna(), None)
     return frame.to_dict("records")
+
+
+def _matrix_rows(curve_rows: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
+    """The accuracy-matrix rows held in curves rows (one per ``acc_exp_<j>`` present)."""
+    for curve in curve_rows:
+        ident = {k: curve[k] for k in ("study", "trial_id", "trial_key", "arm", "seed")}
+        j = 0
+        while curve.get(f"acc_exp_{j:03d}") is not None:
+            yield {**ident, "trained_exp": curve["experience"], "eval_exp": j,
+                   "accuracy": curve[f"acc_exp_{j:03d}"],
+                   "loss": curve.get(f"loss_exp_{j:03d}", math.nan)}
+            j += 1
 
 
 def _matrix_order(row: Mapping[str, Any]) -> tuple[Any, ...]:

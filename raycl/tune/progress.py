@@ -143,7 +143,13 @@ class ProgressCallback(tune.Callback):
         self._show(force=True)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        """Final line."""
+        """A Tune run (one batch of the study) ended: refresh the line (see :meth:`close`)."""
+        self.running = 0
+        self._show()
+
+    def close(self) -> None:
+        """Final line, once the study's last batch ended (or was stopped)."""
+        self.running = 0
         if self.tty:
             self._show()
             self.out.write("\n")

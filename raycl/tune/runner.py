@@ -9,6 +9,13 @@ per-arm table and shuts down the Ray it started.
 The trial list is rebuilt from the study file (it is deterministic), trials whose ``trial_key``
 is TERMINATED in ``trials.parquet`` are skipped, and the rest run in a new Tune experiment under
 the same study folder; their rows replace any partial rows of the interrupted run.
+
+A long study runs as successive Tune runs ("batches") of at most ``trials_per_batch`` trials,
+sharing one progress line, one results store, one ASHA scheduler and one Optuna searcher. Tune
+keeps every Trial object of a run (config, last result, checkpoint records, placement-group
+and storage objects: some 25 KB per finished trial once ``ParquetCallback`` has trimmed what it
+can) until the run ends, and loops over all of them; the batches bound both, so a study of
+thousands of trials runs with the driver's memory and speed of a short one.
 """
 
 from __future__ import annotations
@@ -36,8 +43,8 @@ from raycl.tune.callbacks import ParquetCallback
 from raycl.tune.progress import ProgressCallback
 from raycl.tune.trainable import trainable
 
-__all__ = ["PreparedRun", "RunError", "StudyOutcome", "prepare_run", "ray_init_kwargs",
-           "resources_text", "run_study"]
+__all__ = ["PreparedRun", "RunError", "StudyOutcome", "default_trials_per_batch",
+           "prepare_run", "ray_init_kwargs", "resources_text", "run_study", "trial_slots"]
 
 
 class RunError(Exception):
@@ -237,9 +244,62 @@ def _quiet_tune_restore_hints() -> Iterator[None]:
         analysis_logger.setLevel(level)
 
 
-def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any]) -> tune.Tuner:
+def _scheduler(study: Study) -> Any:
+    """The study's trial scheduler (None: FIFO); one instance serves every batch, so ASHA's
+    rungs hold the results of all trials so far."""
+    if study.scheduler != "asha":
+        return None
     from ray.tune.schedulers import ASHAScheduler
 
+    metric, mode = ((study.metric, study.mode) if reported_every_experience(study.metric)
+                    else ("avg_accuracy", "max"))
+    return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
+                         max_t=study.benchmark.n_experiences, grace_period=1,
+                         reduction_factor=2)
+
+
+def _searcher(prepared: PreparedRun) -> Any:
+    """The Optuna searcher of an Optuna study (one instance for every batch)."""
+    from raycl.tune.search import SeededOptunaSearch
+
+    study = prepared.study
+    return SeededOptunaSearch({a.name: a.space for a in study.arms}, study.seeds,
+                              arm_budget(study), study.metric, study.mode, study.search_seed,
+                              previous=_optuna_previous(prepared))
+
+
+def trial_slots(study: Study, gpus: float) -> int:
+    """How many trials the connected Ray cluster can run at once (at least 1)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    slots = []
+    if study.resources.cpus_per_trial > 0:
+        slots.append(resources.get("CPU", 0) / study.resources.cpus_per_trial)
+    if gpus > 0:
+        slots.append(resources.get("GPU", 0) / gpus)
+    n = max(1, int(min(slots))) if slots else 1
+    return min(n, study.max_concurrent) if study.max_concurrent else n
+
+
+def default_trials_per_batch(slots: int) -> int:
+    """Trials per Tune run when the user does not say: 100, or 20 per slot on a big cluster
+    (each batch ends with slots idling while its last trials finish: 20 waves keep that near
+    2.5% of the run)."""
+    return max(100, 20 * slots)
+
+
+def _batches(total: int, per_batch: int) -> list[int]:
+    """Sizes of the successive Tune runs of ``total`` trials (``per_batch`` 0: one run)."""
+    if per_batch <= 0 or total <= per_batch:
+        return [total]
+    return [min(per_batch, total - start) for start in range(0, total, per_batch)]
+
+
+def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any], *, name: str,
+           trials: list[dict[str, Any]] | None, num_samples: int, scheduler: Any,
+           searcher: Any) -> tune.Tuner:
+    """One Tune run: the grid of ``trials``, or ``num_samples`` trials from ``searcher``."""
     study = prepared.study
     cpus = float(study.resources.cpus_per_trial)
     source = Path(prepared.path).read_text()
@@ -247,32 +307,17 @@ def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any]) -> tune.Tun
            "use_gpu": gpus > 0, "cpus_per_trial": cpus}
     fn = tune.with_resources(tune.with_parameters(trainable, ref=ref),
                              {"cpu": cpus, "gpu": gpus})
-    scheduler = None
-    if study.scheduler == "asha":
-        metric, mode = ((study.metric, study.mode) if reported_every_experience(study.metric)
-                        else ("avg_accuracy", "max"))
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
-                                  max_t=study.benchmark.n_experiences, grace_period=1,
-                                  reduction_factor=2)
-    if prepared.trials is not None:
-        param_space: dict[str, Any] = {"trial": tune.grid_search(prepared.trials)}
+    if trials is not None:
+        param_space: dict[str, Any] = {"trial": tune.grid_search(trials)}
         search_alg, num_samples = None, 1
     else:
-        from raycl.tune.search import SeededOptunaSearch
-
-        budget = arm_budget(study)
-        search_alg = SeededOptunaSearch({a.name: a.space for a in study.arms}, study.seeds,
-                                        budget, study.metric, study.mode, study.search_seed,
-                                        previous=_optuna_previous(prepared))
-        param_space, num_samples = {}, sum(budget.values()) * len(study.seeds)
+        param_space, search_alg = {}, searcher
     tune_config = tune.TuneConfig(
         num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
         max_concurrent_trials=study.max_concurrent, reuse_actors=True,
         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
     run_config = tune.RunConfig(
-        # the pid: two runs started in the same second (quick kill/resume) never share a folder
-        name=time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}",
-        storage_path=prepared.store.ray_storage, verbose=0, callbacks=callbacks,
+        name=name, storage_path=prepared.store.ray_storage, verbose=0, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=study.keep_checkpoints))
     return tune.Tuner(fn, param_space=param_space, tune_config=tune_config,
@@ -297,13 +342,14 @@ def run_study(path: str | Path, *, address: str | None = None, storage: str = "r
               num_samples: int | None = None, max_concurrent: int | None = None,
               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None,
               resume: bool = False, smoke: bool = False, out: TextIO | None = None,
-              prepared: PreparedRun | None = None,
-              dashboard_host: str | None = None) -> StudyOutcome:
+              prepared: PreparedRun | None = None, dashboard_host: str | None = None,
+              trials_per_batch: int | None = None) -> StudyOutcome:
     """Run the study file at ``path`` and write its Parquet results; see the module docstring.
 
     ``address`` joins a running cluster ("auto" on a cluster node); without it a local Ray is
-    started and shut down at the end, with a dashboard only if ``dashboard_host`` is given. The
-    remaining options are the CLI's.
+    started and shut down at the end, with a dashboard only if ``dashboard_host`` is given.
+    ``trials_per_batch`` caps the trials of one Tune run (None:
+    :func:`default_trials_per_batch`; 0: all in one run). The remaining options are the CLI's.
     """
     start = time.monotonic()
     out = out or sys.stdout
@@ -350,10 +396,30 @@ def run_study(path: str | Path, *, address: str | None = None, storage: str = "r
             progress = ProgressCallback(total, study.metric, study.mode, prepared.skipped,
                                         best=_best_so_far(prepared), out=out)
             parquet = ParquetCallback(store)
-            tuner = _tuner(prepared, gpus, [parquet, progress])
+            per_batch = (default_trials_per_batch(trial_slots(study, gpus))
+                         if trials_per_batch is None else trials_per_batch)
+            sizes = _batches(total, per_batch)
+            scheduler = _scheduler(study)
+            searcher = _searcher(prepared) if prepared.trials is None else None
+            # the pid: two runs started in the same second (quick kill/resume) never share a
+            # folder
+            name = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}"
             fitting = True
-            with _quiet_tune_restore_hints():
-                tuner.fit()
+            first = 0
+            for k, size in enumerate(sizes):
+                tuner = _tuner(
+                    prepared, gpus, [parquet, progress],
+                    name=name if len(sizes) == 1 else f"{name}-b{k:03d}",
+                    trials=(None if prepared.trials is None
+                            else prepared.trials[first:first + size]),
+                    num_samples=size, scheduler=scheduler, searcher=searcher)
+                first += size
+                with _quiet_tune_restore_hints():
+                    tuner.fit()
+                del tuner  # frees this batch's Trial objects before the next batch
+                if _ended(progress, prepared) < first:
+                    break  # Ctrl-C / SIGTERM: Tune stopped the batch and returned
+            progress.close()
     finally:
         if fitting:  # whatever was recorded before an error or Ctrl-C
             try:
@@ -363,14 +429,19 @@ def run_study(path: str | Path, *, address: str | None = None, storage: str = "r
                               f"{' '.join(str(err).split())}"
         if connected:  # stops the local Ray we started; only disconnects from a cluster
             ray.shutdown()
-    # Counted here, not from fit()'s ResultGrid: after Ctrl-C / SIGTERM fit() returns normally
-    # and its grid leaves out the trials that never started.
-    ended = progress.done - prepared.skipped + progress.errored
+    ended = _ended(progress, prepared)
     if write_error or parquet.write_error:
         print(f"raycl: error: {write_error or parquet.write_error}; the files there hold the "
               f"last complete write", file=sys.stderr)
     interrupted = ended < total or bool(write_error)
     return _outcome(prepared, list(parquet.started), start, interrupted, out)
+
+
+def _ended(progress: ProgressCallback, prepared: PreparedRun) -> int:
+    """Trials of this run that ended (finished, diverged or errored for good). Counted from
+    the callbacks, not from fit()'s ResultGrid: after Ctrl-C / SIGTERM fit() returns normally
+    and its grid leaves out the trials that never started."""
+    return progress.done - prepared.skipped + progress.errored
 
 
 def _outcome(prepared: PreparedRun, trial_ids: list[str], start: float, interrupted: bool,

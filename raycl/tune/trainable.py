@@ -27,8 +27,9 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray import tune
 
-__all__ = ["DIGEST_FILE", "STATE_FILE", "CorruptCheckpoint", "read_checkpoint",
-           "restore_state", "trial_device", "trainable", "write_checkpoint"]
+__all__ = ["DIGEST_FILE", "STATE_FILE", "TEMP_PREFIX", "CorruptCheckpoint", "read_checkpoint",
+           "remove_stale_temporaries", "restore_state", "trial_device", "trainable",
+           "write_checkpoint"]
 
 #: File name of the state inside each Tune checkpoint directory.
 STATE_FILE = "state.pt"
@@ -109,6 +110,50 @@ def restore_state(fs: pafs.FileSystem, folder: str) -> tuple[dict[str, Any] | No
     notes.append("no intact checkpoint: the trial starts over")
     return None, notes
 
+#: Prefix of the temporary folder a checkpoint is written to before Ray copies it to storage;
+#: the writing process's pid follows, so a later trial can tell a folder whose writer was killed.
+TEMP_PREFIX = "raycl-ckpt-"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str] | None = None,
+                             min_age_s: float = 600.0) -> list[str]:
+    """Delete checkpoint temporaries that a killed trial process left in ``folder`` (default:
+    the temporary directory): ``raycl-ckpt-<pid>-*`` folders whose process is gone and that
+    were last changed more than ``min_age_s`` ago (a process of another PID namespace sharing
+    the folder may be writing one now). Returns the folders removed."""
+    import shutil
+    import time
+
+    root = Path(folder or tempfile.gettempdir())
+    removed = []
+    try:
+        candidates = list(root.glob(f"{TEMP_PREFIX}*-*"))
+    except OSError:
+        return removed
+    for path in candidates:
+        pid = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            if time.time() - path.stat().st_mtime < min_age_s:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 _STUDIES: dict[str, Any] = {}
 
 
@@ -164,6 +209,7 @@ def trainable(config: dict[str, Any], ref: dict[str, Any]) -> None:
 
     torch.set_num_threads(max(1, int(ref.get("cpus_per_trial") or 1)))
     study = _study(ref)
+    remove_stale_temporaries()
     state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -178,7 +224,8 @@ def trainable(config: dict[str, Any], ref: dict[str, Any]) -> None:
         if state_out is None:  # the last report of a diverged trial: nothing to resume
             tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory(prefix="raycl-ckpt-") as folder:
+        # A process killed while writing leaves this folder: a later trial removes it.
+        with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as folder:
             write_checkpoint(folder, state_out)
             # Copied to the trial's storage before report returns: the temp dir may go.
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
