@@ -364,11 +364,18 @@ def test_optuna_search_runs_every_config_with_every_seed():
     assert sorted(t["arm"] for t in rest) == ["ewc", "ewc", "naive", "naive"]
 
 
-def test_sigterm_stops_a_run_like_ctrl_c():
-    from raycl.tune.runner import _sigterm_as_sigint
+def test_first_signal_stops_the_study_and_a_second_one_quits(capsys):
+    from raycl.tune.runner import _stop_on_signals, _StopOnSignal
 
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _sigterm_as_sigint():
-        os.kill(os.getpid(), signal.SIGTERM)  # Tune stops trials and returns on Ctrl-C
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stopper = _StopOnSignal()
+    with pytest.raises(KeyboardInterrupt), _stop_on_signals(stopper, sys.stdout):
+        assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"  # one handler for all batches
+        os.kill(os.getpid(), signal.SIGTERM)  # like Ctrl-C: Tune stops at its next step
+        time.sleep(0.5)
+        assert stopper.stop_all() and not stopper("t", {})
+        os.kill(os.getpid(), signal.SIGINT)  # a second one does not wait
         time.sleep(5)
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert "SIGTERM: stopping the study" in capsys.readouterr().out
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ

@@ -261,6 +261,36 @@ def test_driver_killed_three_times_then_resumed_loses_and_duplicates_nothing(
     assert _files_under(home) == set()
 
 
+def test_ctrl_c_stops_the_running_batch_and_starts_no_other(ray_address, tmp_path):
+    path = write_study(tmp_path, TINY, replace=SLOW)
+    storage = tmp_path / "results"
+    command = [sys.executable, "-m", "raycl.study", str(path), "--address", ray_address,
+               "--gpus-per-trial", "0", "--trials-per-batch", "2", "--storage", str(storage)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    trials_file = storage / "tiny" / "trials.parquet"
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None and not (
+                trials_file.exists() and len(pd.read_parquet(trials_file)) >= 1):
+            time.sleep(0.05)
+        assert driver.poll() is None
+        driver.send_signal(signal.SIGINT)
+        output = driver.communicate(timeout=120)[0]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+    assert driver.returncode == 1, output[-3000:]
+    assert "the study was interrupted: run the same command with --resume" in output
+    # 10 trials in batches of 2: the interrupted batch was the last to start
+    runs = [p for p in (storage / "tiny" / "_ray").iterdir() if p.is_dir()]
+    assert 1 <= len(runs) <= 2, runs
+    trials = pd.read_parquet(trials_file)
+    assert 1 <= len(trials) <= 4 and trials["trial_key"].is_unique
+
+
 def test_optuna_search_with_asha(ray_address, tmp_path):
     pytest.importorskip("optuna")
     path = write_study(tmp_path, TINY, replace={

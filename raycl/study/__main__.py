@@ -2,7 +2,8 @@
 
 Exit status: 0 when every trial finished or diverged (a diverged trial is a result of its
 hyperparameters, recorded as ERROR with the reason), 1 when some trial failed otherwise or the
-run was interrupted (finish it with ``--resume``), 2 for a study file that does not validate or a
+run was interrupted (finish it with ``--resume``; 130 after a second Ctrl-C, which does not wait
+for the running trials to stop), 2 for a study file that does not validate or a
 run that must not start; those print a single line ``error: ...`` on stderr before Ray is started.
 """
 
@@ -109,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: quit without waiting for the trials to stop
+        print("interrupted: finish the study with the same command and --resume",
+              file=sys.stderr)
+        return 130
     failed = outcome.errored - outcome.diverged
     return 1 if (failed or outcome.interrupted) else 0
 

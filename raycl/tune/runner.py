@@ -200,24 +200,53 @@ def _optuna_previous(prepared: PreparedRun) -> list[dict[str, Any]]:
             if row["status"] == "TERMINATED" and row["arm"] in spaces]
 
 
-@contextmanager
-def _sigterm_as_sigint() -> Iterator[None]:
-    """Let SIGTERM stop the study like Ctrl-C does (Tune then stops its trials and returns,
-    the files are written and the Ray this process started is shut down). Entered after
-    ``ray.init``, whose own handler would exit in the middle of Tune's loop."""
-    def handler(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills
-        signal.raise_signal(signal.SIGINT)
+class _StopOnSignal(tune.Stopper):
+    """Stops the Tune run once :attr:`stopped` is set (by the first Ctrl-C or SIGTERM). Tune's
+    own SIGINT handler is switched off while a study runs: it is installed anew, and never
+    removed, by every Tune run, so between or at the very end of batches a Ctrl-C could be lost
+    or be taken for another run's; this one flag covers every batch."""
 
+    def __init__(self) -> None:
+        # A plain flag, not a threading.Event: Tune pickles its stopper with the experiment,
+        # and the signal handler and Tune's loop both run in the main thread.
+        self.stopped = False
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.stopped
+
+
+@contextmanager
+def _stop_on_signals(stopper: _StopOnSignal, out: TextIO) -> Iterator[None]:
+    """The first Ctrl-C or SIGTERM stops the study: the running trials are stopped, no other
+    batch starts, the files are written and the Ray this process started is shut down. A second
+    one quits at once (KeyboardInterrupt). Entered after ``ray.init``, whose own SIGTERM
+    handler would exit in the middle of Tune's loop."""
+    def handler(signum: int, frame: Any) -> None:
+        if stopper.stopped:
+            raise KeyboardInterrupt
+        stopper.stopped = True
+        print(f"\n{signal.Signals(signum).name}: stopping the study (running trials stop, "
+              f"results are written); press Ctrl-C again to quit at once", file=out, flush=True)
+
+    saved_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals (and Tune's handling) alone
         yield
         return
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if saved_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
 
 
 class _DropRestoreHint(logging.Filter):
@@ -298,7 +327,7 @@ def _batches(total: int, per_batch: int) -> list[int]:
 
 def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any], *, name: str,
            trials: list[dict[str, Any]] | None, num_samples: int, scheduler: Any,
-           searcher: Any) -> tune.Tuner:
+           searcher: Any, stopper: tune.Stopper | None = None) -> tune.Tuner:
     """One Tune run: the grid of ``trials``, or ``num_samples`` trials from ``searcher``."""
     study = prepared.study
     cpus = float(study.resources.cpus_per_trial)
@@ -318,6 +347,7 @@ def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any], *, name: st
         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
     run_config = tune.RunConfig(
         name=name, storage_path=prepared.store.ray_storage, verbose=0, callbacks=callbacks,
+        stop=stopper,
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=study.keep_checkpoints))
     return tune.Tuner(fn, param_space=param_space, tune_config=tune_config,
@@ -384,7 +414,8 @@ def run_study(path: str | Path, *, address: str | None = None, storage: str = "r
                 raise RunError(f"cannot start or join {where}: "
                                f"{' '.join(str(err).split())}") from None
             connected = True
-        with _sigterm_as_sigint():
+        stopper = _StopOnSignal()
+        with _stop_on_signals(stopper, out):
             gpus = _gpus_per_trial(study)
             for line in header(study, resources_text(study, gpus)):
                 print(line, file=out)
@@ -412,12 +443,13 @@ def run_study(path: str | Path, *, address: str | None = None, storage: str = "r
                     name=name if len(sizes) == 1 else f"{name}-b{k:03d}",
                     trials=(None if prepared.trials is None
                             else prepared.trials[first:first + size]),
-                    num_samples=size, scheduler=scheduler, searcher=searcher)
+                    num_samples=size, scheduler=scheduler, searcher=searcher,
+                    stopper=stopper)
                 first += size
                 with _quiet_tune_restore_hints():
                     tuner.fit()
                 del tuner  # frees this batch's Trial objects before the next batch
-                if _ended(progress, prepared) < first:
+                if stopper.stopped:
                     break  # Ctrl-C / SIGTERM: Tune stopped the batch and returned
             progress.close()
     finally:
