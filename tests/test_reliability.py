@@ -116,6 +116,25 @@ def test_storage_that_cannot_be_written_is_refused_before_anything_starts(tmp_pa
     assert list((tmp_path / "fine").iterdir()) == []
 
 
+def test_a_full_disk_is_refused_before_anything_starts(tmp_path, capsys, monkeypatch):
+    import ray
+
+    from raycl.study import results
+
+    path = write_study(tmp_path, TINY)
+
+    class FullDisk(pafs.LocalFileSystem):
+        def open_output_stream(self, path, *args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(results.pafs, "LocalFileSystem", FullDisk)
+    assert main([str(path), "--storage", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --storage {tmp_path / 'results'}: cannot write there: ")
+    assert "No space left on device" in err and err.count("\n") == 1
+    assert not ray.is_initialized() and not (tmp_path / "results" / "tiny").exists()
+
+
 # ---- storage faults mid-study ------------------------------------------------------------------
 def _report(exp: int, n: int = 2) -> dict:
     m = {"experience": exp, "avg_accuracy": 0.5, "device": "cpu"}
