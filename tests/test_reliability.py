@@ -231,7 +231,7 @@ def test_trials_per_batch_splits_every_trial_once_and_validates():
 
     assert _batches(250, 100) == [100, 100, 50]
     assert _batches(100, 100) == [100] and _batches(7, 0) == [7] and _batches(0, 100) == [0]
-    assert default_trials_per_batch(2) == 100 and default_trials_per_batch(16) == 320
+    assert default_trials_per_batch(2) == 500 and default_trials_per_batch(32) == 640
     assert parser().parse_args(["s.py", "--trials-per-batch", "0"]).trials_per_batch == 0
     with pytest.raises(SystemExit):
         parser().parse_args(["s.py", "--trials-per-batch", "-1"])

@@ -69,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
                         "Default: no dashboard")
     p.add_argument("--trials-per-batch", type=_non_negative_int, default=None, metavar="N",
                    help="run the trials as successive Ray Tune runs of at most N, so the "
-                        "driver's memory stays flat on long studies (default: 100, or 20 per "
+                        "driver's memory stays flat on long studies (default: 500, or 20 per "
                         "trial the cluster runs at once if more; 0: one run)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the study and print the trials that would run")

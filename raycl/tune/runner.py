@@ -312,10 +312,10 @@ def trial_slots(study: Study, gpus: float) -> int:
 
 
 def default_trials_per_batch(slots: int) -> int:
-    """Trials per Tune run when the user does not say: 100, or 20 per slot on a big cluster
+    """Trials per Tune run when the user does not say: 500, or 20 per slot on a big cluster
     (each batch ends with slots idling while its last trials finish: 20 waves keep that near
     2.5% of the run)."""
-    return max(100, 20 * slots)
+    return max(500, 20 * slots)
 
 
 def _batches(total: int, per_batch: int) -> list[int]:
