@@ -191,6 +191,66 @@ def test_disk_full_mid_write_keeps_the_last_complete_files(tmp_path, monkeypatch
     assert sorted(pd.read_parquet(folder / "trials.parquet")["trial_id"]) == ["t1", "t2", "t3"]
 
 
+def test_rewrites_wait_in_proportion_to_the_last_write_and_lose_nothing(tmp_path):
+    from raycl.tune.callbacks import ParquetCallback
+
+    store = ResultStore(tmp_path, "demo")
+    callback = ParquetCallback(store, write_factor=1e6)  # the wait after a write: "forever"
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"trial": make_trial("naive", {}, i)},
+                              last_result=_report(1)) for i in range(3)]
+    for trial in trials:
+        callback.on_trial_start(0, [], trial)
+        callback.on_trial_result(0, [], trial, _report(0))
+        callback.on_trial_result(0, [], trial, _report(1))
+        callback.on_trial_complete(0, [], trial)
+
+    def written() -> list[str]:
+        return sorted(pd.read_parquet(tmp_path / "demo" / "trials.parquet")["trial_id"])
+
+    assert written() == ["t0"]  # the first trial's end wrote; the next two wait
+    callback.on_step_end(0, [])
+    assert written() == ["t0"]
+    callback._next_write = 0.0  # the wait is over: the next controller step writes both
+    callback.on_step_end(0, [])
+    assert written() == ["t0", "t1", "t2"]
+    assert len(pd.read_parquet(tmp_path / "demo" / "matrix.parquet")) == 3 * 2 * 2
+    callback.on_trial_complete(0, [], trials[0])  # and the end of the run writes in any case
+    callback._next_write = float("inf")
+    callback.on_experiment_end([])
+    assert written() == ["t0", "t1", "t2"] and not callback._dirty
+
+
+def test_a_finished_trials_tune_records_are_trimmed(tmp_path):
+    """On the Ray version installed: if Tune renames these records, this fails (the trim would
+    silently stop freeing memory on long studies)."""
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    from raycl.tune.callbacks import _trim_finished
+
+    meta = _TrainingRunMetadata()
+    meta.checkpoint_manager = _CheckpointManager(CheckpointConfig())
+    for exp in range(3):
+        for name, value in _report(exp).items():
+            if isinstance(value, float):
+                meta.update_metric(name, value, step=exp + 1)
+        folder = tmp_path / f"checkpoint_{exp:06d}"
+        folder.mkdir()
+        meta.checkpoint_manager.register_checkpoint(
+            _TrainingResult(Checkpoint.from_directory(str(folder)), _report(exp)))
+    meta.last_result = _report(2)
+    latest = meta.checkpoint_manager.latest_checkpoint_result
+    before = len(meta.get_json_state())
+    _trim_finished(SimpleNamespace(run_metadata=meta))
+    assert meta.metric_analysis == {} and meta.metric_n_steps == {}
+    assert meta.checkpoint_manager.best_checkpoint_results == [latest]
+    assert meta.last_result == _report(2)  # what the progress line and the tables read stays
+    assert len(meta.get_json_state()) < before / 2
+    assert all((tmp_path / f"checkpoint_{e:06d}").exists() for e in range(3))  # files stay
+
+
 def test_stale_temporaries_of_a_killed_driver_are_removed_on_resume(tmp_path):
     store = ResultStore(tmp_path, "demo")
     store.set_trial(make_trial("naive", {}, 0), "t1", "TERMINATED", _report(0))

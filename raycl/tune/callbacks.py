@@ -116,8 +116,8 @@ class ParquetCallback(tune.Callback):
         self._write_when_due()
         _trim_finished(trial)
 
-    def _write_when_due(self, force: bool = False) -> None:
-        if not self._dirty or (not force and time.monotonic() < self._next_write):
+    def _write_when_due(self) -> None:
+        if not self._dirty or time.monotonic() < self._next_write:
             return
         start = time.monotonic()
         self._write()
