@@ -110,6 +110,7 @@ def restore_state(fs: pafs.FileSystem, folder: str) -> tuple[dict[str, Any] | No
     notes.append("no intact checkpoint: the trial starts over")
     return None, notes
 
+
 #: Prefix of the temporary folder a checkpoint is written to before Ray copies it to storage;
 #: the writing process's pid follows, so a later trial can tell a folder whose writer was killed.
 TEMP_PREFIX = "raycl-ckpt-"
