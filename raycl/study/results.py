@@ -287,7 +287,7 @@ def _records(frame: pd.DataFrame | None) -> Iterable[dict[str, Any]]:
 def _matrix_rows(curve_rows: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
     """The accuracy-matrix rows held in curves rows (one per ``acc_exp_<j>`` present)."""
     for curve in curve_rows:
-        ident = {k: curve[k] for k in ("study", "trial_id", "trial_key", "arm", "seed")}
+        ident = {k: curve[k] for k in _TRIAL_HEAD}  # what _ident put in every row
         j = 0
         while curve.get(f"acc_exp_{j:03d}") is not None:
             yield {**ident, "trained_exp": curve["experience"], "eval_exp": j,

@@ -123,7 +123,6 @@ class ParquetCallback(tune.Callback):
         self._write()
         end = time.monotonic()
         self._next_write = end + self.write_factor * (end - start)
-        self._dirty = self.write_error is not None  # a failed write is tried again
 
     def _write(self) -> None:
         """Rewrite the files; a failure (disk full) is reported once and the study goes on:
@@ -138,6 +137,7 @@ class ParquetCallback(tune.Callback):
             self.write_error = f"cannot write the results: {' '.join(str(err).split())}"
         else:
             self.write_error = None
+        self._dirty = self.write_error is not None  # a failed write is tried again
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
@@ -158,4 +158,3 @@ class ParquetCallback(tune.Callback):
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """Write the files one last time (reports of trials still running when stopped)."""
         self._write()
-        self._dirty = self.write_error is not None
