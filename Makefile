@@ -18,11 +18,11 @@ study: $(STAMP)
 	$(PY) -m raycl.study $(STUDY) $(STUDY_ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check raycl tests studies benchmarks
+	$(VENV)/bin/ruff check raycl tests studies bench
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_engine.py
+	$(PY) bench/bench_engine.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -4,22 +4,61 @@ Run ``.venv/bin/python analysis/build_notebooks.py`` after editing a cell here; 
 ``.ipynb`` files are what users open, this script keeps them short, consistent and output-free.
 Each notebook's first code cell names the study directory; ``RAYCL_STUDY_DIR`` overrides it
 (the tests point it at a fresh smoke study).
+
+Column and metric names come from :mod:`raycl.study.schema` and are written into the cells as
+plain strings, so that a notebook reads (and can be edited) without knowing the schema module.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import nbformat
 
+from raycl.study.schema import (
+    ARM,
+    AVG_FORGETTING,
+    CHOSEN_CONFIG,
+    CONFIRM_MEAN,
+    CONFIRM_STD,
+    ERRORED,
+    FINAL_AVG_ACCURACY,
+    PEAK_MEMORY_MB,
+    REPORTED_MEAN,
+    REPORTED_METRIC,
+    REPORTED_N,
+    REPORTED_PHASE,
+    REPORTED_STD,
+    SEED,
+    SELECTION_METRIC,
+    SELECTION_SPLIT,
+    SELECTION_VALUE,
+    STATUS,
+    TEST,
+    TRAIN_TIME_S,
+    TRIAL_ID,
+    VALID,
+    split_column,
+)
+
 HERE = Path(__file__).resolve().parent
+
+# The columns the notebooks read: reported figures are on the test split, configs are chosen on
+# the validation split (selection.parquet says which).
+TEST_ACCURACY = split_column(TEST, FINAL_AVG_ACCURACY)
+VALID_ACCURACY = split_column(VALID, FINAL_AVG_ACCURACY)
+TEST_FORGETTING = split_column(TEST, AVG_FORGETTING)
+SELECTION_COLUMNS = (ARM, SELECTION_SPLIT, SELECTION_METRIC, SELECTION_VALUE, CHOSEN_CONFIG,
+                     REPORTED_METRIC, REPORTED_MEAN, REPORTED_STD, REPORTED_N, REPORTED_PHASE,
+                     CONFIRM_MEAN, CONFIRM_STD)
 
 SETUP = '''import os
 
 # The study to analyse: <storage>/<study name>, as written by `python -m raycl.study`.
 STUDY_DIR = os.environ.get("RAYCL_STUDY_DIR", "results/ewc_vs_si")'''
 
-LOAD = '''%matplotlib inline
+LOAD = f'''%matplotlib inline
 from pathlib import Path
 
 import raycl.analysis as rca
@@ -28,60 +67,87 @@ import raycl.analysis as rca
 if not Path(STUDY_DIR).exists() and Path("..", STUDY_DIR).exists():
     STUDY_DIR = str(Path("..", STUDY_DIR))
 results = rca.load_study(STUDY_DIR)
-trials, matrix = results.trials, results.matrix
-print(f"{len(trials)} trials, {int((trials.status == 'ERROR').sum())} errored, "
-      f"arms: {sorted(trials.arm.unique())}")'''
+# selection: one row per arm (selection.parquet), empty when the study has not chosen configs.
+trials, matrix, selection = results.trials, results.matrix, results.selection
+print(f"{{len(trials)}} trials, {{int((trials.{STATUS} == '{ERRORED}').sum())}} errored, "
+      f"arms: {{sorted(trials.{ARM}.unique())}}")
+if (selection.{SELECTION_SPLIT} == "{TEST}").any():
+    print("WARNING: configs were chosen on the test data: the reported figures are optimistic")'''
+
+_COLUMN_LIST = textwrap.fill(", ".join(f'"{c}"' for c in SELECTION_COLUMNS), width=88,
+                             initial_indent="    ", subsequent_indent="    ")
+PER_ARM = f'''columns = [
+{_COLUMN_LIST}]
+if len(selection):  # the config the study chose on validation, and its test figures
+    table = selection[columns].sort_values("{REPORTED_MEAN}", ascending=False)
+else:  # no selection.parquet: the best search config by its test mean (chosen on test!)
+    table = rca.summary(rca.search_trials(trials), metric="{TEST_ACCURACY}", mode="max")
+    table = table.assign(best_config=table.best_config.map(rca.format_config))
+table'''
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     "compare_arms": [
-        ("markdown", "# Which strategy wins?\n\nEach arm's best configuration (highest mean "
-                     "`final_avg_accuracy` over seeds), its learning curve, accuracy matrix and "
-                     "forgetting. Set `STUDY_DIR` below (or the `RAYCL_STUDY_DIR` environment "
+        ("markdown", "# Which strategy wins?\n\nEach arm's config as the study chose it on the "
+                     "validation data (`selection.parquet`, loaded as `results.selection`), its "
+                     f"reported test figure (`{TEST_ACCURACY}` of runs the choice never saw), "
+                     "learning curve, accuracy matrix and forgetting, all on the test split. "
+                     "Without `selection.parquet` the best search config by its test mean is "
+                     "shown instead. Set `STUDY_DIR` below (or the `RAYCL_STUDY_DIR` environment "
                      "variable)."),
         ("code", SETUP),
         ("code", LOAD),
-        ("code", 'table = rca.summary(trials, metric="final_avg_accuracy", mode="max")\n'
-                 'table.assign(best_config=table.best_config.map(rca.format_config))'),
-        ("markdown", "Average accuracy on the experiences seen so far, after each experience "
-                     "(mean over seeds, band ±1 std):"),
-        ("code", "rca.plot_avg_accuracy_curves(trials, matrix)"),
-        ("code", "rca.plot_accuracy_matrices(trials, matrix)"),
-        ("code", "rca.plot_forgetting(trials, matrix)"),
-        ("markdown", "One run's matrix as a table (here the best arm's first seed):"),
-        ("code", 'best = rca.best_trials(trials)\n'
-                 'first = best[best.arm == table.arm.iloc[0]].iloc[0]\n'
-                 'rca.accuracy_matrix(matrix, first.trial_id, seed=first.seed).round(3)'),
+        ("code", PER_ARM),
+        ("markdown", "Average test accuracy on the experiences seen so far, after each experience "
+                     "(each arm's chosen config, mean over seeds, band ±1 std):"),
+        ("code", "rca.plot_avg_accuracy_curves(trials, matrix, selection=selection)"),
+        ("code", "rca.plot_accuracy_matrices(trials, matrix, selection=selection)"),
+        ("code", "rca.plot_forgetting(trials, matrix, selection=selection)"),
+        ("markdown", "One run's test accuracy matrix as a table (here the first arm's first "
+                     "seed; `split=\"valid\"` shows the validation split):"),
+        ("code", 'best = rca.best_trials(trials, selection=selection)\n'
+                 f'first = best[best.{ARM} == table.{ARM}.iloc[0]].iloc[0]\n'
+                 f'rca.accuracy_matrix(matrix, first.{TRIAL_ID}, seed=first.{SEED}, '
+                 f'split="{TEST}").round(3)'),
     ],
     "sensitivity": [
-        ("markdown", "# How sensitive is each strategy to its hyperparameters?\n\nThe metric "
-                     "against every searched parameter (log axis where the values span "
-                     "decades). Set `STUDY_DIR` below (or `RAYCL_STUDY_DIR`)."),
+        ("markdown", "# How sensitive is each strategy to its hyperparameters?\n\nThe test "
+                     "metric of every search trial against every searched parameter (log axis "
+                     "where the values span decades); the star is the config the study chose on "
+                     "validation (`selection.parquet`). Set `STUDY_DIR` below (or "
+                     "`RAYCL_STUDY_DIR`)."),
         ("code", SETUP),
         ("code", LOAD),
-        ("code", 'configs = rca.config_table(trials, metric="final_avg_accuracy")\n'
-                 'configs.sort_values(["arm", "mean"], ascending=[True, False])'),
-        ("code", 'rca.plot_sensitivity(trials, metric="final_avg_accuracy", mode="max")'),
-        ("markdown", "The same for forgetting (lower is better):"),
-        ("code", 'rca.plot_sensitivity(trials, metric="avg_forgetting", mode="min")'),
+        ("code", f'configs = rca.config_table(rca.search_trials(trials), metric="{TEST_ACCURACY}")'
+                 f'\nconfigs.sort_values(["{ARM}", "mean"], ascending=[True, False])'),
+        ("code", f'rca.plot_sensitivity(trials, metric="{TEST_ACCURACY}", mode="max", '
+                 'selection=selection)'),
+        ("markdown", "What the choice saw: the same on the validation split. Where the star is "
+                     "not the highest point on test, validation and test disagree:"),
+        ("code", f'rca.plot_sensitivity(trials, metric="{VALID_ACCURACY}", mode="max", '
+                 'selection=selection)'),
+        ("markdown", "Test forgetting (lower is better):"),
+        ("code", f'rca.plot_sensitivity(trials, metric="{TEST_FORGETTING}", mode="min", '
+                 'selection=selection)'),
     ],
     "cost": [
-        ("markdown", "# What does each strategy cost?\n\nAccuracy against training time and "
-                     "peak memory; the Pareto front holds the trials no other trial beats on "
-                     "both. Set `STUDY_DIR` below (or `RAYCL_STUDY_DIR`)."),
+        ("markdown", "# What does each strategy cost?\n\nTest accuracy of every search trial "
+                     "against training time and peak memory; the Pareto front holds the trials "
+                     "no other trial beats on both. Set `STUDY_DIR` below (or "
+                     "`RAYCL_STUDY_DIR`)."),
         ("code", SETUP),
         ("code", LOAD),
-        ("code", 'done = rca.completed_trials(trials)\n'
-                 'cost_columns = [c for c in ("final_avg_accuracy", "train_time_s", '
-                 '"peak_memory_mb")\n'
+        ("code", 'done = rca.completed_trials(rca.search_trials(trials))\n'
+                 f'cost_columns = [c for c in ("{TEST_ACCURACY}", "{TRAIN_TIME_S}", '
+                 f'"{PEAK_MEMORY_MB}")\n'
                  '                if c in done.columns]\n'
-                 'done.groupby("arm")[cost_columns].agg(["mean", "std"]).round(3)'),
-        ("code", 'rca.plot_cost(trials, metric="final_avg_accuracy", mode="max")'),
-        ("markdown", "The trials on the time/accuracy Pareto front:"),
-        ("code", 'front = rca.pareto_front(done, cost="train_time_s", '
-                 'metric="final_avg_accuracy")\n'
+                 f'done.groupby("{ARM}")[cost_columns].agg(["mean", "std"]).round(3)'),
+        ("code", f'rca.plot_cost(trials, metric="{TEST_ACCURACY}", mode="max")'),
+        ("markdown", "The search trials on the time/accuracy Pareto front:"),
+        ("code", f'front = rca.pareto_front(done, cost="{TRAIN_TIME_S}", '
+                 f'metric="{TEST_ACCURACY}")\n'
                  'params = rca.param_columns(done)\n'
-                 'done[front].sort_values("train_time_s")[\n'
-                 '    ["arm", "seed", *params, "final_avg_accuracy", "train_time_s"]]'),
+                 f'done[front].sort_values("{TRAIN_TIME_S}")[\n'
+                 f'    ["{ARM}", "{SEED}", *params, "{TEST_ACCURACY}", "{TRAIN_TIME_S}"]]'),
     ],
 }
 

@@ -5,8 +5,11 @@ in a minute or two on a 2-core laptop, Ray start-up included:
 
     python -m raycl.study studies/ewc_vs_si.py
 
-39 trials: naive once per seed, then 4 configs per method x 3 seeds, searching
-ewc_lambda (log-uniform), decay_factor (online EWC) and si_lambda (log-uniform).
+Configs are chosen on the validation stream (10% of each training experience, held out) and
+reported on the test stream: 39 search trials (naive once per seed, then 4 configs per method x
+3 seeds, searching ewc_lambda (log-uniform), decay_factor (online EWC) and si_lambda
+(log-uniform)), then each arm's chosen config on 3 fresh seeds (12 confirmation trials), whose
+test accuracy is the reported figure.
 
 Another benchmark: RAYCL_BENCHMARK=split_mnist (or permuted_mnist, split_cifar10, ...) reads
 MNIST/CIFAR from RAYCL_DATA (see raycl.benchmarks); the model follows the data ('auto').
@@ -46,4 +49,5 @@ study = Study(
     num_samples=4,
     metric="final_avg_accuracy",
     mode="max",
+    selection="valid",  # the default, spelled out: choose on validation, report on test
 )

@@ -28,6 +28,7 @@ study = Study(
     ],
     seeds=[0, 1],
     num_samples=2,
+    confirm_seeds=[],  # the search only: tests that want the confirmation phase set seeds
 )
 '''
 

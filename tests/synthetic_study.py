@@ -1,11 +1,17 @@
 """Synthetic study results for the analysis tests: Parquet files in the study layer's schemas.
 
-``write_synthetic_study(dir)`` writes ``trials.parquet``, ``matrix.parquet`` and
-``curves.parquet`` as ``python -m raycl.study`` would for an EWC-vs-SI study on 5 experiences:
-arms naive (no parameters), ewc (``ewc_lambda``), online_ewc (``ewc_lambda``, ``decay_factor``)
-and si (``si_lambda``), a few configs per arm, each run with every seed, and one ERROR trial with a
-partial matrix. The numbers follow a simple model of forgetting so the figures look like a real
-study's: accuracy on an old experience decays with every new one, less so for a good penalty.
+``write_synthetic_study(dir)`` writes ``trials.parquet``, ``matrix.parquet``, ``curves.parquet``
+and ``selection.parquet`` (schema version 2) as ``python -m raycl.study`` would for an EWC-vs-SI
+study on 5 experiences with 'valid' selection: arms naive (no parameters), ewc (``ewc_lambda``),
+online_ewc (``ewc_lambda``, ``decay_factor``) and si (``si_lambda``), a few configs per arm, each
+run with every search seed (phase ``search``), one ERROR search trial with a partial matrix, and
+each arm's chosen config rerun on fresh seeds (phase ``confirm``). The numbers follow a simple
+model of forgetting so the figures look like a real study's: accuracy on an old experience decays
+with every new one, less so for a good penalty.
+
+Validation and test disagree on purpose: in every arm that searches, the config with the best
+mean test accuracy over the search seeds does markedly worse on the validation split, so the
+config chosen on validation (what ``selection.parquet`` records) is never the test-best one.
 
 ``study_results`` gives the tests their one study directory per session: the real smoke study
 when the study layer exists, the synthetic one otherwise.
@@ -13,6 +19,7 @@ when the study layer exists, the synthetic one otherwise.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -21,12 +28,24 @@ import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-SCHEMA_VERSION = 1
+from raycl.study.schema import (
+    CONFIRM,
+    FINAL_METRICS,
+    SCHEMA_VERSION,
+    SEARCH,
+    SPLITS,
+    TEST,
+    VALID,
+    accuracy_column,
+    split_column,
+)
+
 ARMS: dict[str, dict[str, tuple[str, float, float]]] = {
     # arm -> parameter -> (distribution, low, high)
     "naive": {},
@@ -36,6 +55,8 @@ ARMS: dict[str, dict[str, tuple[str, float, float]]] = {
 }
 _COST = {"naive": (0.8, 120.0), "ewc": (1.4, 160.0), "online_ewc": (1.5, 150.0),
          "si": (1.8, 170.0)}
+TEST_FINAL = split_column(TEST, "final_avg_accuracy")
+VALID_FINAL = split_column(VALID, "final_avg_accuracy")
 
 
 def _retention(arm: str, params: dict[str, float]) -> float:
@@ -55,87 +76,191 @@ def _sample(kind: str, low: float, high: float, rng: np.random.Generator) -> flo
     return float(rng.uniform(low, high))
 
 
+def _matrix(keep: float, offset: float, done: int, n: int, noise: float,
+            rng: np.random.Generator) -> np.ndarray:
+    """An accuracy matrix (NaN rows past ``done``) of a run that keeps ``keep`` per experience."""
+    acc = np.full((n, n), np.nan)
+    for t in range(done):
+        for j in range(n):
+            if j > t:  # class-incremental: unseen classes are never predicted
+                acc[t, j] = 0.0
+            else:
+                acc[t, j] = np.clip(0.97 * keep ** (t - j) + offset + noise
+                                    + rng.normal(0.0, 0.01), 0.0, 1.0)
+    return acc
+
+
+def _final_metrics(acc: np.ndarray, done: int, split: str) -> dict[str, float]:
+    n = acc.shape[0]
+    if done < n:
+        return {split_column(split, m): math.nan for m in FINAL_METRICS}
+    last = acc[-1]
+    return {
+        split_column(split, "final_avg_accuracy"): float(last.mean()),
+        split_column(split, "avg_forgetting"): float(np.mean(
+            [acc[j:-1, j].max() - last[j] for j in range(n - 1)])),
+        split_column(split, "bwt"): float(np.mean([last[j] - acc[j, j] for j in range(n - 1)])),
+        split_column(split, "fwt"): 0.0,
+    }
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float, int]:
+    series = pd.Series(list(values), dtype=float).dropna()
+    return float(series.mean()), float(series.std()), int(series.count())
+
+
 def make_synthetic_tables(study: str = "synth", seeds: Sequence[int] = (0, 1, 2),
                           n_experiences: int = 5, n_configs: int = 3, with_error: bool = True,
-                          rng_seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The three tables (trials, matrix, curves) of a synthetic study, as DataFrames."""
+                          rng_seed: int = 0, confirm_seeds: Sequence[int] = (10, 11),
+                          selection_split: str = VALID
+                          ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The four tables (trials, matrix, curves, selection) of a synthetic version-2 study.
+
+    ``selection_split`` is the split configs are chosen on (``"test"``: the old behaviour, the
+    protocol a study asks for explicitly). Without ``confirm_seeds`` there is no confirm phase
+    and the reported figures are the chosen config's search runs.
+    """
+    if selection_split not in SPLITS:
+        raise ValueError(f"selection_split must be one of {SPLITS}, got {selection_split!r}")
     rng = np.random.default_rng(rng_seed)
+    n = n_experiences
     param_names = sorted({p for space in ARMS.values() for p in space})
     t0 = pd.Timestamp("2026-11-21T12:00:00", tz="UTC")
-    trials, matrix, curves = [], [], []
-    number = 0
+    # One entry per run: (phase, arm, config index, config, seed, errored, done, {split: acc}).
+    runs: list[dict[str, Any]] = []
+    arm_configs: dict[str, list[dict[str, float]]] = {}
     for arm, space in ARMS.items():
         configs = [{}] if not space else [
             {p: _sample(*spec, rng) for p, spec in space.items()} for _ in range(n_configs)]
+        arm_configs[arm] = configs
         for index, config in enumerate(configs):
-            keep = _retention(arm, config)
             for seed in seeds:
-                number += 1
-                trial_id = f"{number:05d}"
                 # One ewc run fails after two experiences, leaving a partial matrix behind.
                 errored = with_error and arm == "ewc" and index == 0 and seed == seeds[-1]
-                done = 2 if errored else n_experiences
+                done = 2 if errored else n
                 noise = rng.normal(0.0, 0.02)
-                acc = np.full((n_experiences, n_experiences), np.nan)
-                for t in range(done):
-                    for j in range(n_experiences):
-                        if j > t:  # class-incremental: unseen classes are never predicted
-                            acc[t, j] = 0.0
-                        else:
-                            acc[t, j] = np.clip(0.97 * keep ** (t - j) + noise
-                                                + rng.normal(0.0, 0.01), 0.0, 1.0)
-                last = acc[done - 1]
-                base_time, base_mem = _COST[arm]
-                row = {
-                    "study": study, "trial_id": trial_id,
-                    "trial_key": f"{arm}-{zlib.crc32(repr(config).encode()):08x}-s{seed}",
-                    "arm": arm, "seed": seed,
-                    **{f"param_{p}": config.get(p, np.nan) for p in param_names},
-                    "status": "ERROR" if errored else "TERMINATED",
-                    "error": "RuntimeError: loss is NaN" if errored else None,
-                    "experiences_done": done,
-                    "final_avg_accuracy": np.nan if errored else float(last.mean()),
-                    "avg_forgetting": np.nan if errored else float(np.mean(
-                        [acc[j:-1, j].max() - last[j] for j in range(n_experiences - 1)])),
-                    "bwt": np.nan if errored else float(np.mean(
-                        [last[j] - acc[j, j] for j in range(n_experiences - 1)])),
-                    "fwt": np.nan if errored else 0.0,
-                    "train_time_s": base_time * (1 + 0.1 * rng.normal()) * done / n_experiences,
-                    "peak_memory_mb": base_mem + 5 * rng.normal(),
-                    "device": "cpu", "gpu_ids": "", "node_ip": "127.0.0.1",
-                    "started_at": t0 + pd.Timedelta(seconds=2 * number),
-                    "finished_at": t0 + pd.Timedelta(seconds=2 * number + 1.5),
-                    "schema_version": SCHEMA_VERSION,
-                }
-                trials.append(row)
-                for t in range(done):
-                    for j in range(n_experiences):
-                        matrix.append({"study": study, "trial_id": trial_id,
-                                       "trial_key": row["trial_key"], "arm": arm, "seed": seed,
-                                       "trained_exp": t, "eval_exp": j,
-                                       "accuracy": float(acc[t, j]),
-                                       "loss": float(-math.log(max(acc[t, j], 1e-3))),
-                                       "schema_version": SCHEMA_VERSION})
-                    curves.append({"study": study, "trial_id": trial_id,
-                                   "trial_key": row["trial_key"], "arm": arm, "seed": seed,
-                                   "experience": t, "training_iteration": t + 1,
-                                   "avg_accuracy": float(acc[t, : t + 1].mean()),
-                                   "stream_accuracy": float(acc[t].mean()),
+                runs.append({"phase": SEARCH, "arm": arm, "index": index, "config": config,
+                             "seed": seed, "errored": errored, "done": done, "noise": noise,
+                             "acc": {TEST: _matrix(_retention(arm, config), 0.0, done, n, noise,
+                                                   rng)}})
+    # Validation disagrees with test: each searching arm's test-best config looks poor on it.
+    valid_keep: dict[tuple[str, int], tuple[float, float]] = {}
+    test_best: dict[str, int] = {}
+    for arm, configs in arm_configs.items():
+        means = [np.mean([r["acc"][TEST][-1].mean() for r in runs if r["arm"] == arm
+                          and r["index"] == i and not r["errored"]]) for i in range(len(configs))]
+        test_best[arm] = int(np.nanargmax(means))
+        lowest = min(_retention(arm, c) for c in configs)
+        for i, config in enumerate(configs):
+            penalised = len(configs) > 1 and i == test_best[arm]
+            valid_keep[(arm, i)] = ((0.5 * lowest, -0.05) if penalised
+                                    else (_retention(arm, config), 0.0))
+    for run in runs:
+        keep, offset = valid_keep[(run["arm"], run["index"])]
+        run["acc"][VALID] = _matrix(keep, offset, run["done"], n, run["noise"], rng)
+    # The selection: per arm, the best mean of the selection split over the search seeds.
+    metric = split_column(selection_split, "final_avg_accuracy")
+    chosen: dict[str, int] = {}
+    for arm, configs in arm_configs.items():
+        means = [np.mean([r["acc"][selection_split][-1].mean() for r in runs
+                          if r["arm"] == arm and r["index"] == i and not r["errored"]])
+                 for i in range(len(configs))]
+        chosen[arm] = int(np.nanargmax(means))
+        for seed in confirm_seeds:
+            config = configs[chosen[arm]]
+            noise = rng.normal(0.0, 0.02)
+            keep, offset = valid_keep[(arm, chosen[arm])]
+            runs.append({"phase": CONFIRM, "arm": arm, "index": chosen[arm], "config": config,
+                         "seed": seed, "errored": False, "done": n, "noise": noise,
+                         "acc": {TEST: _matrix(_retention(arm, config), 0.0, n, n, noise, rng),
+                                 VALID: _matrix(keep, offset, n, n, noise, rng)}})
+    trials, matrix, curves = [], [], []
+    for number, run in enumerate(runs, start=1):
+        arm, config, seed, done, acc = (run["arm"], run["config"], run["seed"], run["done"],
+                                        run["acc"])
+        trial_id = f"{number:05d}"
+        trial_key = f"{arm}-{zlib.crc32(repr(config).encode()):08x}-{run['phase']}-s{seed}"
+        head = {"study": study, "trial_id": trial_id, "trial_key": trial_key,
+                "phase": run["phase"], "arm": arm, "seed": seed}
+        base_time, base_mem = _COST[arm]
+        trials.append({
+            **head,
+            **{f"param_{p}": config.get(p, np.nan) for p in param_names},
+            "status": "ERROR" if run["errored"] else "TERMINATED",
+            "error": "RuntimeError: loss is NaN" if run["errored"] else None,
+            "experiences_done": done,
+            **_final_metrics(acc[VALID], done, VALID),
+            **_final_metrics(acc[TEST], done, TEST),
+            "train_time_s": base_time * (1 + 0.1 * rng.normal()) * done / n,
+            "peak_memory_mb": base_mem + 5 * rng.normal(),
+            "device": "cpu", "gpu_ids": "", "node_ip": "127.0.0.1",
+            "started_at": t0 + pd.Timedelta(seconds=2 * number),
+            "finished_at": t0 + pd.Timedelta(seconds=2 * number + 1.5),
+            "checkpoint": f"/storage/{study}/_ray/{trial_id}/checkpoint_{done - 1:06d}",
+            "schema_version": SCHEMA_VERSION,
+        })
+        for split in SPLITS:
+            for t in range(done):
+                for j in range(n):
+                    matrix.append({**head, "split": split, "trained_exp": t, "eval_exp": j,
+                                   "accuracy": float(acc[split][t, j]),
+                                   "loss": float(-math.log(max(acc[split][t, j], 1e-3))),
                                    "schema_version": SCHEMA_VERSION})
-    return pd.DataFrame(trials), pd.DataFrame(matrix), pd.DataFrame(curves)
+        for t in range(done):
+            curves.append({**head, "experience": t, "training_iteration": t + 1,
+                           **{split_column(s, "avg_accuracy"): float(acc[s][t, : t + 1].mean())
+                              for s in SPLITS},
+                           **{split_column(s, "stream_accuracy"): float(acc[s][t].mean())
+                              for s in SPLITS},
+                           **{accuracy_column(j, s): float(acc[s][t, j])
+                              for s in SPLITS for j in range(n)},
+                           "schema_version": SCHEMA_VERSION})
+    trials_frame = pd.DataFrame(trials)
+    selection = []
+    reported_phase = CONFIRM if len(confirm_seeds) else SEARCH
+    for arm, configs in arm_configs.items():
+        config = configs[chosen[arm]]
+        rows = trials_frame[(trials_frame["arm"] == arm) & (trials_frame["status"] == "TERMINATED")]
+        of_config = rows.loc[[runs[i]["index"] == chosen[arm] for i in rows.index]]
+        search = of_config[of_config["phase"] == SEARCH]
+        confirm = of_config[of_config["phase"] == CONFIRM]
+        reported = confirm if len(confirm_seeds) else search
+        confirm_stats = _stats(confirm[TEST_FINAL]) if len(confirm) else (math.nan, math.nan, 0)
+        report_mean, report_std, report_n = _stats(reported[TEST_FINAL])
+        selection.append({
+            "study": study, "arm": arm,
+            "protocol": selection_split, "selection_split": selection_split,
+            "selection_metric": metric, "selection_value": float(search[metric].mean()),
+            "configs_searched": len(configs), "search_seeds": json.dumps(list(seeds)),
+            "chosen_config": json.dumps(config),
+            **{f"param_{p}": config.get(p, np.nan) for p in param_names},
+            "reported_phase": reported_phase, "reported_metric": TEST_FINAL,
+            "reported_mean": report_mean, "reported_std": report_std, "reported_n": report_n,
+            "reported_seeds": json.dumps(sorted(int(s) for s in reported["seed"])),
+            "search_test_mean": float(search[TEST_FINAL].mean()),
+            "search_test_std": float(search[TEST_FINAL].std()),
+            "confirm_mean": confirm_stats[0], "confirm_std": confirm_stats[1],
+            "confirm_n": confirm_stats[2],
+            "schema_version": SCHEMA_VERSION,
+        })
+    return trials_frame, pd.DataFrame(matrix), pd.DataFrame(curves), pd.DataFrame(selection)
 
 
 def write_synthetic_study(directory: str | os.PathLike[str], drop_columns: Sequence[str] = (),
-                          **kwargs: object) -> str:
-    """Write a synthetic study's three Parquet files into ``directory``; returns its path.
+                          with_selection: bool = True, **kwargs: Any) -> str:
+    """Write a synthetic study's Parquet files into ``directory``; returns its path.
 
-    ``drop_columns`` removes optional trials columns (e.g. ``fwt``, ``peak_memory_mb``) to check
-    that the analysis copes with studies that did not record them.
+    ``drop_columns`` removes optional trials columns (e.g. ``test_fwt``, ``peak_memory_mb``) to
+    check that the analysis copes with studies that did not record them; ``with_selection``
+    False leaves ``selection.parquet`` out (a study that has not chosen yet).
     """
     os.makedirs(directory, exist_ok=True)
-    trials, matrix, curves = make_synthetic_tables(**kwargs)  # type: ignore[arg-type]
+    trials, matrix, curves, selection = make_synthetic_tables(**kwargs)
     trials = trials.drop(columns=list(drop_columns))
-    for name, frame in (("trials", trials), ("matrix", matrix), ("curves", curves)):
+    tables = [("trials", trials), ("matrix", matrix), ("curves", curves)]
+    if with_selection:
+        tables.append(("selection", selection))
+    for name, frame in tables:
         frame.to_parquet(os.path.join(directory, f"{name}.parquet"), index=False)
     return os.fspath(directory)
 

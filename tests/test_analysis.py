@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -15,12 +16,15 @@ import pytest
 from synthetic_study import make_synthetic_tables, study_results, write_synthetic_study
 
 import raycl.analysis as rca
+from raycl.study.schema import SELECTION_HEAD, SELECTION_TAIL
 
-TRIALS_COLUMNS = ("study", "trial_id", "arm", "seed", "status", "error", "experiences_done",
-                  "final_avg_accuracy", "avg_forgetting", "bwt", "train_time_s", "device",
-                  "started_at", "finished_at", "schema_version")
-MATRIX_COLUMNS = ("study", "trial_id", "arm", "seed", "trained_exp", "eval_exp", "accuracy",
-                  "loss", "schema_version")
+TRIALS_COLUMNS = ("study", "trial_id", "phase", "arm", "seed", "status", "error",
+                  "experiences_done", "test_final_avg_accuracy", "test_avg_forgetting",
+                  "test_bwt", "valid_final_avg_accuracy", "train_time_s", "device",
+                  "started_at", "finished_at", "checkpoint", "schema_version")
+MATRIX_COLUMNS = ("study", "trial_id", "phase", "arm", "seed", "split", "trained_exp",
+                  "eval_exp", "accuracy", "loss", "schema_version")
+TEST_ACC, VALID_ACC = "test_final_avg_accuracy", "valid_final_avg_accuracy"
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +35,8 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> rca.StudyResults:
-    """A synthetic study with 4 arms, 3 seeds, 3 configs per searched arm, one ERROR trial."""
+    """A synthetic v2 study with 4 arms, 3 seeds, 3 configs per searched arm, one ERROR trial,
+    the configs chosen on validation confirmed on 2 more seeds."""
     return rca.load_study(write_synthetic_study(tmp_path_factory.mktemp("s") / "synth"))
 
 
@@ -39,7 +44,7 @@ def _trial(arm: str, seed: int, metric: float, status: str = "TERMINATED", done:
            **params: object) -> dict[str, object]:
     return {"study": "hand", "trial_id": f"{arm}-{len(params)}-{seed}-{metric}", "arm": arm,
             "seed": seed, "status": status, "experiences_done": done,
-            "final_avg_accuracy": metric, "train_time_s": 1.0,
+            "test_final_avg_accuracy": metric, "train_time_s": 1.0,
             **{f"param_{k}": v for k, v in params.items()}}
 
 
@@ -62,13 +67,15 @@ def hand_trials() -> pd.DataFrame:
 # --------------------------------------------------------------------------- loading
 
 
-def test_load_study_reads_the_three_tables(tmp_path: Path) -> None:
-    trials, matrix, curves = make_synthetic_tables(study="a")
+def test_load_study_reads_the_tables(tmp_path: Path) -> None:
+    trials, matrix, curves, selection = make_synthetic_tables(study="a")
     directory = write_synthetic_study(tmp_path / "a", study="a")
     results = rca.load_study(directory)
     assert isinstance(results, rca.StudyResults)
     assert len(results.trials) == len(trials) and len(results.matrix) == len(matrix)
     assert len(results.curves) == len(curves)
+    pd.testing.assert_frame_equal(results.selection, selection)  # version 2: read as it is
+    assert set(results.matrix["split"]) == {"valid", "test"}
     assert set(TRIALS_COLUMNS) <= set(results.trials.columns)
     assert str(results.trials["started_at"].dt.tz) == "UTC"
     # A path to one of the files and a file:// URI name the same study.
@@ -94,10 +101,13 @@ def test_load_study_concatenates_studies(tmp_path: Path) -> None:
 
 
 def test_load_study_tolerates_missing_files_and_columns(tmp_path: Path) -> None:
-    directory = write_synthetic_study(tmp_path / "s", drop_columns=("fwt", "peak_memory_mb"))
+    directory = write_synthetic_study(tmp_path / "s", drop_columns=("test_fwt", "peak_memory_mb"),
+                                      with_selection=False)
     os.remove(os.path.join(directory, "curves.parquet"))
     results = rca.load_study(directory)
     assert results.curves.empty and "trial_id" in results.curves.columns
+    assert results.selection.empty
+    assert list(results.selection.columns) == [*SELECTION_HEAD, *SELECTION_TAIL]
     assert "peak_memory_mb" not in results.trials.columns
     assert len(rca.summary(results.trials)) == 4
     fig = rca.plot_cost(results.trials)
@@ -112,6 +122,84 @@ def test_load_study_rejects_a_table_without_required_columns(tmp_path: Path) -> 
         tmp_path / "trials.parquet")
     with pytest.raises(ValueError, match="arm"):
         rca.load_study(tmp_path)
+
+
+def _write_v1_study(directory: Path) -> Path:
+    """A study as raycl wrote it before schema version 2: unprefixed metrics measured on the
+    test stream, no phase, no split, no selection table."""
+    directory.mkdir(parents=True)
+    head = [{"study": "old", "trial_id": f"t{i}", "trial_key": f"k{i}", "arm": arm,
+             "seed": seed} for i, (arm, seed) in enumerate([("ewc", 0), ("ewc", 1),
+                                                             ("naive", 0)])]
+    accuracy = [0.6, 0.8, 0.3]
+    pd.DataFrame([{**h, "param_ewc_lambda": 10.0 if h["arm"] == "ewc" else np.nan,
+                   "status": "TERMINATED", "error": None, "experiences_done": 2,
+                   "final_avg_accuracy": a, "avg_forgetting": 0.1, "bwt": -0.1, "fwt": 0.0,
+                   "train_time_s": 1.5, "peak_memory_mb": 100.0, "schema_version": 1}
+                  for h, a in zip(head, accuracy, strict=True)]).to_parquet(
+        directory / "trials.parquet", index=False)
+    # Each run's final row averages to its final_avg_accuracy.
+    pd.DataFrame([{**h, "trained_exp": t, "eval_exp": e,
+                   "accuracy": a if t == 1 else (0.9 if e == 0 else 0.0), "loss": 1.0,
+                   "schema_version": 1}
+                  for h, a in zip(head, accuracy, strict=True) for t in range(2)
+                  for e in range(2)]).to_parquet(directory / "matrix.parquet", index=False)
+    pd.DataFrame([{**h, "experience": t, "training_iteration": t + 1, "avg_accuracy": 0.5,
+                   "stream_accuracy": 0.4, "stream_loss": 1.2, "acc_exp_000": 0.7,
+                   "loss_exp_000": 0.9, "train_time_s": 0.7, "schema_version": 1}
+                  for h in head for t in range(2)]).to_parquet(directory / "curves.parquet",
+                                                                index=False)
+    return directory
+
+
+def test_load_study_upgrades_a_version_1_study(tmp_path: Path) -> None:
+    old = rca.load_study(_write_v1_study(tmp_path / "old"))
+    trials, matrix, curves = old.trials, old.matrix, old.curves
+    # Unprefixed metrics were measured on the test stream: they become the test columns.
+    assert trials["test_final_avg_accuracy"].tolist() == [0.6, 0.8, 0.3]
+    assert {"test_avg_forgetting", "test_bwt", "test_fwt"} <= set(trials.columns)
+    assert not {"final_avg_accuracy", "avg_forgetting", "bwt", "fwt"} & set(trials.columns)
+    assert {"test_avg_accuracy", "test_stream_accuracy", "test_stream_loss", "test_acc_exp_000",
+            "test_loss_exp_000"} <= set(curves.columns)
+    assert "acc_exp_000" not in curves.columns and "avg_accuracy" not in curves.columns
+    # Cost metrics have no split and keep their names.
+    assert trials["train_time_s"].tolist() == [1.5] * 3 and "train_time_s" in curves.columns
+    # Every table gets the phase (all search) in the head; the matrix gets split=test.
+    for frame in (trials, matrix, curves):
+        assert list(frame.columns[:6]) == ["study", "trial_id", "trial_key", "phase", "arm",
+                                           "seed"]
+        assert (frame["phase"] == "search").all() and (frame["schema_version"] == 2).all()
+    assert list(matrix.columns[6:8]) == ["split", "trained_exp"]
+    assert (matrix["split"] == "test").all()
+    assert old.selection.empty
+    assert list(old.selection.columns) == [*SELECTION_HEAD, *SELECTION_TAIL]
+    # The analysis reads an upgraded study with its defaults.
+    table = rca.summary(old.trials).set_index("arm")
+    assert table.loc["ewc", "mean"] == pytest.approx(0.7)
+    table = rca.accuracy_matrix(old.matrix, "t1")
+    assert table.iloc[-1].mean() == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="valid split"):
+        rca.accuracy_matrix(old.matrix, "t1", split="valid")  # v1 never measured validation
+    # Loaded next to a version-2 study, the two concatenate on the same names.
+    both = rca.load_study([tmp_path / "old", write_synthetic_study(tmp_path / "new")])
+    assert both.trials["test_final_avg_accuracy"].notna().all() == (
+        both.trials["status"] == "TERMINATED").all()
+    assert set(both.selection["study"]) == {"synth"}
+
+
+def test_load_study_refuses_an_unknown_schema_version(tmp_path: Path) -> None:
+    directory = Path(write_synthetic_study(tmp_path / "future"))
+    trials = pd.read_parquet(directory / "trials.parquet").assign(schema_version=3)
+    trials.to_parquet(directory / "trials.parquet", index=False)
+    with pytest.raises(ValueError, match="schema_version 3") as error:
+        rca.load_study(directory)
+    assert "\n" not in str(error.value) and "trials.parquet" in str(error.value)
+    # A version-2 trials table next to a newer selection table is refused too.
+    trials.assign(schema_version=2).to_parquet(directory / "trials.parquet", index=False)
+    selection = pd.read_parquet(directory / "selection.parquet").assign(schema_version=7)
+    selection.to_parquet(directory / "selection.parquet", index=False)
+    with pytest.raises(ValueError, match=r"selection\.parquet has schema_version 7"):
+        rca.load_study(directory)
 
 
 # --------------------------------------------------------------------------- summary
@@ -130,7 +218,7 @@ def test_summary_by_hand(hand_trials: pd.DataFrame) -> None:
     assert naive["best_config"] == {}
     assert naive["mean"] == pytest.approx(0.3) and naive["std"] == pytest.approx(0.1)
     assert (naive["n_seeds"], naive["n_errored"]) == (3, 0)
-    assert table.attrs == {"metric": "final_avg_accuracy", "mode": "max"}
+    assert table.attrs == {"metric": "test_final_avg_accuracy", "mode": "max"}
 
 
 def test_summary_min_mode_and_other_metric(hand_trials: pd.DataFrame) -> None:
@@ -160,12 +248,14 @@ def test_summary_rejects_bad_arguments(hand_trials: pd.DataFrame) -> None:
 
 
 def test_best_trials_are_the_best_configs_seeds(synth: rca.StudyResults) -> None:
+    # Without a selection table: the best search config by the test metric.
     best = rca.best_trials(synth.trials)
-    table = rca.summary(synth.trials).set_index("arm")
+    table = rca.summary(rca.search_trials(synth.trials)).set_index("arm")
     for arm, rows in best.groupby("arm"):
         assert len(rows) == table.loc[arm, "n_seeds"]
-        assert rows["final_avg_accuracy"].mean() == pytest.approx(table.loc[arm, "mean"])
+        assert rows["test_final_avg_accuracy"].mean() == pytest.approx(table.loc[arm, "mean"])
         assert (rows["status"] == "TERMINATED").all()
+        assert (rows["phase"] == "search").all()
 
 
 # --------------------------------------------------------------------------- matrices
@@ -176,11 +266,12 @@ def test_accuracy_matrix_shape_and_values(synth: rca.StudyResults) -> None:
     table = rca.accuracy_matrix(synth.matrix, trial["trial_id"])
     assert table.shape == (5, 5)
     assert list(table.index) == list(range(5)) and list(table.columns) == list(range(5))
-    rows = synth.matrix[synth.matrix["trial_id"] == trial["trial_id"]]
+    rows = synth.matrix[(synth.matrix["trial_id"] == trial["trial_id"])
+                        & (synth.matrix["split"] == "test")]
     for row in rows.itertuples():
         assert table.loc[row.trained_exp, row.eval_exp] == row.accuracy
     # The last row's mean is the trial's final average accuracy.
-    assert table.iloc[-1].mean() == pytest.approx(trial["final_avg_accuracy"])
+    assert table.iloc[-1].mean() == pytest.approx(trial["test_final_avg_accuracy"])
     by_key = rca.accuracy_matrix(synth.matrix, trial["trial_key"])
     pd.testing.assert_frame_equal(by_key, table)
     loss = rca.accuracy_matrix(synth.matrix, trial["trial_id"], value="loss")
@@ -215,6 +306,113 @@ def test_average_accuracy_and_forgetting_by_hand() -> None:
     forgetting = rca.forgetting_per_experience(_hand_matrix())
     assert forgetting["eval_exp"].tolist() == [0, 1]
     assert forgetting["forgetting"].tolist() == pytest.approx([0.6, 0.3])
+    # A v2 matrix holds both splits: each function reads one, test unless asked.
+    both = pd.concat([_hand_matrix().assign(split="test"),
+                      _hand_matrix().assign(split="valid", accuracy=lambda f: f.accuracy / 2)])
+    assert rca.average_accuracy_per_experience(both)["avg_accuracy"].tolist() == pytest.approx(
+        [0.9, 0.7, 0.5])
+    assert rca.average_accuracy_per_experience(both, split="valid")[
+        "avg_accuracy"].tolist() == pytest.approx([0.45, 0.35, 0.25])
+    assert rca.forgetting_per_experience(both, split="valid")[
+        "forgetting"].tolist() == pytest.approx([0.3, 0.15])
+
+
+def test_matrix_functions_read_the_test_split_unless_asked(synth: rca.StudyResults) -> None:
+    trial = synth.trials[(synth.trials["status"] == "TERMINATED")
+                         & (synth.trials["arm"] == "ewc")].iloc[0]
+    test = rca.accuracy_matrix(synth.matrix, trial["trial_id"])
+    valid = rca.accuracy_matrix(synth.matrix, trial["trial_id"], split="valid")
+    pd.testing.assert_frame_equal(test, rca.accuracy_matrix(synth.matrix, trial["trial_id"],
+                                                            split="test"))
+    assert test.iloc[-1].mean() == pytest.approx(trial["test_final_avg_accuracy"])
+    assert valid.iloc[-1].mean() == pytest.approx(trial["valid_final_avg_accuracy"])
+    assert not np.allclose(test.to_numpy(), valid.to_numpy())
+    runs = synth.trials[synth.trials["trial_id"] == trial["trial_id"]]
+    pd.testing.assert_frame_equal(rca.mean_accuracy_matrix(synth.matrix, runs), test,
+                                  check_names=False)
+    pd.testing.assert_frame_equal(rca.mean_accuracy_matrix(synth.matrix, runs, split="valid"),
+                                  valid, check_names=False)
+    rows = rca.select_runs(synth.matrix, runs)
+    for split, table in (("test", test), ("valid", valid)):
+        kwargs = {} if split == "test" else {"split": split}
+        avg = rca.average_accuracy_per_experience(rows, **kwargs)
+        assert avg["avg_accuracy"].tolist() == pytest.approx(
+            [table.iloc[t, : t + 1].mean() for t in range(5)])
+        forgetting = rca.forgetting_per_experience(rows, **kwargs)
+        assert forgetting["forgetting"].tolist() == pytest.approx(
+            [table.iloc[j:-1, j].max() - table.iloc[-1, j] for j in range(4)])
+    with pytest.raises(ValueError, match="split"):
+        rca.average_accuracy_per_experience(rows, split="train")
+    fig = rca.plot_accuracy_matrix(synth.matrix, trial["trial_id"], split="valid")
+    assert fig.axes[0].get_title().startswith("Validation accuracy matrix")
+    assert fig.axes[0].texts[0].get_text() == f"{valid.iat[0, 0]:.2f}"
+    curves = rca.plot_avg_accuracy_curves(synth.trials, synth.matrix, split="valid")
+    assert "validation" in curves.axes[0].get_ylabel()
+    assert "test" in rca.plot_forgetting(synth.trials, synth.matrix).axes[0].get_ylabel()
+
+
+def _last_points(fig: Any) -> dict[str, float]:
+    return {line.get_label().split(" (")[0]: float(line.get_ydata()[-1])
+            for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+
+
+def test_best_config_figures_use_the_config_chosen_on_validation(
+        synth: rca.StudyResults) -> None:
+    from matplotlib.collections import PathCollection
+
+    selection = synth.selection.set_index("arm")
+    chosen = rca.chosen_configs(synth.selection)
+    test_best = rca.summary(rca.search_trials(synth.trials)).set_index("arm")
+    for arm in ("ewc", "online_ewc", "si"):  # validation and test disagree in the synthetic study
+        assert chosen[("synth", arm)] == json.loads(selection.loc[arm, "chosen_config"])
+        assert chosen[("synth", arm)] != test_best.loc[arm, "best_config"]
+    best = rca.best_trials(synth.trials, selection=synth.selection)
+    for arm, rows in best.groupby("arm"):
+        # The runs behind the reported figure: the confirmation of the chosen config.
+        assert (rows["phase"] == "confirm").all()
+        assert sorted(rows["seed"]) == json.loads(selection.loc[arm, "reported_seeds"])
+        assert rows["test_final_avg_accuracy"].mean() == pytest.approx(
+            selection.loc[arm, "reported_mean"])
+    # A study stopped before its confirmation: the chosen config's search runs.
+    searched = rca.best_trials(rca.search_trials(synth.trials), selection=synth.selection)
+    for arm, rows in searched.groupby("arm"):
+        assert (rows["phase"] == "search").all()
+        assert rows["test_final_avg_accuracy"].mean() == pytest.approx(
+            selection.loc[arm, "search_test_mean"])
+    # The curves end at the test final average accuracy of those runs: the reported figure.
+    fig = rca.plot_avg_accuracy_curves(synth.trials, synth.matrix, selection=synth.selection)
+    assert _last_points(fig) == pytest.approx(selection["reported_mean"].to_dict())
+    assert "chosen per arm on valid_final_avg_accuracy" in fig.axes[0].get_title()
+    assert "TEST" not in fig.axes[0].get_title()
+    # Without the selection table: the best search config by its test mean, as before.
+    fallback = _last_points(rca.plot_avg_accuracy_curves(synth.trials, synth.matrix))
+    assert fallback == pytest.approx(test_best["mean"].to_dict())
+    # The matrices and forgetting draw the same runs.
+    matrices = rca.plot_accuracy_matrices(synth.trials, synth.matrix, selection=synth.selection)
+    assert "(mean of 2 seeds)" in matrices.axes[0].get_title()
+    # The sensitivity star marks the chosen config, at its search runs' mean test value.
+    sensitivity = rca.plot_sensitivity(synth.trials, selection=synth.selection)
+    panel = next(ax for ax in sensitivity.axes if ax.get_title() == "si_lambda")
+    stars = [c for c in panel.collections if isinstance(c, PathCollection)
+             and len(c.get_sizes()) and c.get_sizes()[0] == 220]
+    assert len(stars) == 1
+    x, y = stars[0].get_offsets()[0]
+    assert x == pytest.approx(chosen[("synth", "si")]["si_lambda"])
+    assert y == pytest.approx(selection.loc["si", "search_test_mean"])
+    assert "test final average accuracy" in panel.get_ylabel()
+    labels = [t.get_text() for t in sensitivity.legends[0].get_texts()]
+    assert "chosen config of each arm" in labels
+
+
+def test_figures_say_when_configs_were_chosen_on_test(tmp_path: Path) -> None:
+    results = rca.load_study(write_synthetic_study(tmp_path / "t", selection_split="test"))
+    fig = rca.plot_avg_accuracy_curves(results.trials, results.matrix,
+                                       selection=results.selection)
+    assert "CHOSEN ON TEST DATA" in fig.axes[0].get_title()
+    # Chosen on test, the chosen config is the test-best one.
+    test_best = rca.summary(rca.search_trials(results.trials)).set_index("arm")
+    for (_, arm), config in rca.chosen_configs(results.selection).items():
+        assert config == test_best.loc[arm, "best_config"]
 
 
 # --------------------------------------------------------------------------- Pareto front
@@ -324,9 +522,11 @@ def test_figures_exclude_errored_and_incomplete_trials(synth: rca.StudyResults) 
     fig = rca.plot_cost(synth.trials)
     ax = fig.axes[0]
     collections: list[Any] = list(ax.collections)
-    # Filled dots are trials; the hollow circles on top mark the Pareto front.
+    # Filled dots are trials; the hollow circles on top mark the Pareto front. The cost plot
+    # describes the search: confirmation runs are not in it.
     plotted = sum(len(c.get_offsets()) for c in collections if len(c.get_facecolor()))
-    assert plotted == len(done)
+    assert plotted == len(rca.completed_trials(rca.search_trials(synth.trials)))
+    assert plotted == len(done) - (synth.trials["phase"] == "confirm").sum()
 
 
 def test_plot_accuracy_matrix_annotates_every_cell(synth: rca.StudyResults) -> None:
@@ -366,10 +566,13 @@ def test_figures_of_several_studies(tmp_path: Path) -> None:
 
 def test_percent_accuracy_is_labelled_as_percent(synth: rca.StudyResults) -> None:
     matrix = synth.matrix.assign(accuracy=synth.matrix["accuracy"] * 100)
-    trials = synth.trials.assign(final_avg_accuracy=synth.trials["final_avg_accuracy"] * 100)
+    trials = synth.trials.assign(
+        test_final_avg_accuracy=synth.trials["test_final_avg_accuracy"] * 100)
     fig = rca.plot_avg_accuracy_curves(trials, matrix)
     assert "(%)" in fig.axes[0].get_ylabel() and fig.axes[0].get_ylim()[1] > 100
-    assert "(%)" in rca.metric_label("final_avg_accuracy", trials["final_avg_accuracy"])
+    assert "(%)" in rca.metric_label("test_final_avg_accuracy", trials["test_final_avg_accuracy"])
+    assert rca.metric_label("valid_final_avg_accuracy") == (
+        "validation final average accuracy (0–1)")
     assert rca.metric_label("train_time_s") == "training time (s)"
 
 
@@ -390,12 +593,23 @@ def test_study_tables_have_the_columns_the_analysis_reads(study_dir: Path) -> No
     assert set(MATRIX_COLUMNS) <= set(results.matrix.columns)
     assert {"study", "trial_id", "arm", "seed", "experience"} <= set(results.curves.columns)
     assert set(results.trials["status"]) <= {"TERMINATED", "ERROR"}
-    table = rca.summary(results.trials)
+    assert set(results.matrix["split"]) == {"valid", "test"}
+    assert (results.trials["schema_version"] == 2).all()
+    table = rca.summary(rca.search_trials(results.trials))
     assert set(table["arm"]) == set(results.trials["arm"])
     finished = table[table["n_seeds"] > 0]
     assert len(finished) and finished["mean"].between(0, 1).all()
-    for row in rca.best_trials(results.trials).itertuples():
+    best = rca.best_trials(results.trials, selection=results.selection)
+    assert set(best["arm"]) == set(results.trials["arm"])
+    for row in best.itertuples():
         matrix = rca.accuracy_matrix(results.matrix, row.trial_id, seed=row.seed)
         assert matrix.shape[0] == row.experiences_done
-        # The final row's mean over experiences is the trial's final average accuracy.
-        assert matrix.iloc[-1].mean() == pytest.approx(row.final_avg_accuracy, abs=1e-6)
+        # The final row's mean over experiences is the trial's final average accuracy, per split.
+        assert matrix.iloc[-1].mean() == pytest.approx(row.test_final_avg_accuracy, abs=1e-6)
+        valid = rca.accuracy_matrix(results.matrix, row.trial_id, seed=row.seed, split="valid")
+        assert valid.iloc[-1].mean() == pytest.approx(row.valid_final_avg_accuracy, abs=1e-6)
+    # With a selection table, the runs the figures show are the ones behind the reported figures.
+    for row in results.selection.itertuples():
+        runs = best[best["arm"] == row.arm]
+        assert len(runs) == row.reported_n, row.arm
+        assert runs[row.reported_metric].mean() == pytest.approx(row.reported_mean, abs=1e-6)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from raycl.benchmarks import (
+    BENCHMARKS,
     PermutedDigits,
     PermutedMNIST,
     RotatedDigits,
@@ -29,6 +30,8 @@ from raycl.benchmarks import (
     SplitMNIST,
     SubsetCLDataset,
     TensorCLDataset,
+    benchmark_entry,
+    build_benchmark,
     data_incremental_benchmark,
     load_cifar_tensors,
     load_digits_tensors,
@@ -643,3 +646,96 @@ def test_import_raycl_does_not_import_sklearn_or_pandas():
             "assert 'sklearn' not in sys.modules and 'pandas' not in sys.modules, "
             "sorted(m for m in sys.modules if m.startswith(('sklearn', 'pandas')))[:3]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark registry
+# --------------------------------------------------------------------------------------------
+
+def write_files_for(name: str, root: Path) -> None:
+    """Tiny files, in the real formats, for a benchmark that is not embedded."""
+    if "fashion" in name:
+        write_mnist(root, folder="FashionMNIST")
+    elif "mnist" in name:
+        write_mnist(root)
+    elif name == "split_cifar10":
+        write_cifar(root, 10, per_file=4)
+    elif name == "split_cifar100":
+        write_cifar(root, 100, per_file=100)
+
+
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_registry_entries_declare_what_their_factories_build(name, tmp_path):
+    entry = benchmark_entry(name)
+    assert entry.name == name and "task" in entry.scenarios
+    if entry.embedded:  # no files anywhere: builds all the same
+        bench = build_benchmark(name, 2, seed=0, task_labels=True, root=tmp_path / "none")
+    else:
+        with pytest.raises(FileNotFoundError):
+            build_benchmark(name, 2, seed=0, task_labels=True, root=tmp_path)
+        write_files_for(name, tmp_path)
+        bench = build_benchmark(name, 2, seed=0, task_labels=True, root=tmp_path)
+    assert bench.n_classes == entry.n_classes and len(bench.train_stream) == 2
+    for e, (train, test) in enumerate(zip(bench.train_stream, bench.test_stream)):
+        assert tuple(train.dataset.x.shape[1:]) == entry.input_shape
+        assert tuple(test.dataset.x.shape[1:]) == entry.input_shape
+        assert train.task_label == e and bool((train.dataset.task_labels == e).all())
+        n_seen = len(bench.original_classes_in_exp[e])
+        assert n_seen == (entry.n_classes // 2 if entry.splits_classes else entry.n_classes)
+    # the natural scenario has no task labels; a class split is class-incremental by nature
+    assert entry.default_scenario == ("class" if entry.splits_classes else "domain")
+    single = build_benchmark(name, 2, seed=0, task_labels=False, root=tmp_path)
+    assert [exp.task_label for exp in single.train_stream] == [0, 0]
+
+
+@pytest.mark.parametrize("name, make", [
+    ("split_digits", lambda n, t, s: SplitDigits(n, return_task_id=t, seed=s)),
+    ("permuted_digits", lambda n, t, s: PermutedDigits(n, seed=s, return_task_id=t)),
+    ("rotated_digits", lambda n, t, s: RotatedDigits(n, seed=s, return_task_id=t)),
+])
+@pytest.mark.parametrize("task_labels", [False, True])
+def test_registry_builds_the_same_data_as_the_benchmark_functions(name, make, task_labels):
+    ours = build_benchmark(name, 5, seed=3, task_labels=task_labels)
+    theirs = make(5, task_labels, 3)
+    assert ours.classes_order == theirs.classes_order
+    for a, b in zip(ours.train_stream + ours.test_stream, theirs.train_stream + theirs.test_stream):
+        assert torch.equal(a.dataset.x, b.dataset.x)
+        assert torch.equal(a.dataset.targets, b.dataset.targets)
+        assert torch.equal(a.dataset.task_labels, b.dataset.task_labels)
+
+
+def test_registry_files_benchmarks_build_the_same_data_as_the_benchmark_functions(tmp_path):
+    write_mnist(tmp_path)
+    write_cifar(tmp_path, 10, per_file=4)
+    pairs = [(build_benchmark("split_mnist", 5, seed=4, task_labels=True, root=tmp_path),
+              SplitMNIST(5, return_task_id=True, seed=4, root=tmp_path)),
+             (build_benchmark("permuted_mnist", 2, seed=4, task_labels=False, root=tmp_path),
+              PermutedMNIST(2, seed=4, root=tmp_path)),
+             (build_benchmark("split_cifar10", 2, seed=4, task_labels=False, root=tmp_path),
+              SplitCIFAR10(2, seed=4, root=tmp_path))]
+    for ours, theirs in pairs:
+        for a, b in zip(ours.train_stream, theirs.train_stream):
+            assert torch.equal(a.dataset.x, b.dataset.x)
+            assert torch.equal(a.dataset.targets, b.dataset.targets)
+
+
+def test_registry_rejects_unknown_names_and_bad_arguments(tmp_path):
+    with pytest.raises(ValueError) as info:
+        build_benchmark("split_mnsit", 5, seed=0, task_labels=False)
+    message = str(info.value)
+    assert "\n" not in message and "'split_mnsit'" in message
+    assert all(name in message for name in BENCHMARKS)
+    with pytest.raises(TypeError, match="benchmark name"):
+        benchmark_entry(None)
+    # checked before any file is looked for
+    with pytest.raises(ValueError, match="n_experiences must divide the 100 classes"):
+        build_benchmark("split_cifar100", 3, seed=0, task_labels=False, root=tmp_path)
+    with pytest.raises(TypeError, match="n_experiences"):
+        build_benchmark("split_digits", 2.0, seed=0, task_labels=False)
+    with pytest.raises(TypeError, match="seed"):
+        build_benchmark("split_digits", 2, seed="0", task_labels=False)
+    with pytest.raises(TypeError, match="task_labels"):
+        build_benchmark("split_digits", 2, seed=0, task_labels="task")
+    assert benchmark_entry("permuted_digits").check_n_experiences(3) == 3  # any number
+    with pytest.raises(TypeError):
+        BENCHMARKS["mine"] = BENCHMARKS["split_digits"]  # read-only: add an entry in the table

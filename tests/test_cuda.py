@@ -116,4 +116,4 @@ def test_study_trial_runs_on_cuda_and_records_it(tmp_path):
     run_trial(study, make_trial("naive", {}, seed=0), lambda m, s: reports.append(m),
               device="cuda", info={"device": "cuda", "gpu_ids": "0"})
     assert reports and reports[-1]["device"] == "cuda"
-    assert 0.0 <= reports[-1]["final_avg_accuracy"] <= 1.0
+    assert 0.0 <= reports[-1]["test_final_avg_accuracy"] <= 1.0

@@ -12,6 +12,7 @@ import io
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -302,6 +303,82 @@ def test_streams_keep_separate_matrices():
     assert ev.accuracy_matrix("train_stream") == [[1.0, 0.0], [1.0, 1.0]]
 
 
+# ---- the loss matrix --------------------------------------------------------------------------
+def loss_stream(losses: list[float], exps: list[int] | None = None, origin: str = "test"
+                ) -> list[tuple[Experience, list[dict]]]:
+    """Experiences ``exps`` (default 0..) whose one minibatch of 4 has loss ``losses[k]`` and
+    accuracy ``(k % 4) / 4``."""
+    exps = list(range(len(losses))) if exps is None else exps
+    return [(experience(j, origin), [batch(k % 4, 4, loss=loss)])
+            for k, (j, loss) in enumerate(zip(exps, losses))]
+
+
+def test_loss_matrix_holds_the_loss_of_each_row_and_experience():
+    ev = EvaluationPlugin(loss_metrics(experience=True))
+    d = Driver(ev)
+    d.eval(loss_stream([9.0, 9.0]))  # the untrained model: not a row of the matrix
+    assert ev.loss_matrix() == []
+    d.train_exp(experience(0, "train"), [[batch(1, 4)]])
+    # experience 0 only, two minibatches weighted by size: (1.0 * 4 + 4.0 * 2) / 6
+    d.eval([(experience(0), [batch(1, 4, loss=1.0), batch(1, 2, loss=4.0)])])
+    d.train_exp(experience(1, "train"), [[batch(1, 4)]])
+    d.eval(loss_stream([0.5, 3.0]))
+    d.eval(loss_stream([0.25], exps=[1]))  # a later evaluation of the same row wins
+    L = ev.loss_matrix()
+    assert L[0][0] == pytest.approx(2.0)
+    assert math.isnan(L[0][1])  # experience 1 was never evaluated after training on 0
+    assert L[1] == [0.5, 0.25]
+    assert len(L) == 2
+    hist = ev.get_all_metrics()["Loss_Exp/eval_phase/test_stream/Task000/Exp001"][1]
+    assert hist == [9.0, 3.0, 0.25]  # the names are unchanged
+    with pytest.raises(ValueError, match=r"loss_matrix needs loss_metrics\(experience=True\)"):
+        EvaluationPlugin(accuracy_metrics(experience=True), loss_metrics(stream=True)).loss_matrix()
+    with pytest.raises(ValueError, match="accuracy_metrics"):
+        ev.accuracy_matrix()
+
+
+def test_loss_and_accuracy_matrices_have_the_same_layout():
+    ev = EvaluationPlugin(accuracy_metrics(experience=True), loss_metrics(experience=True))
+    d = Driver(ev)
+    for i, losses in enumerate([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]):
+        d.train_exp(experience(i, "train"), [[batch(1, 4)]])
+        d.eval(loss_stream(losses))
+    assert ev.loss_matrix() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    assert ev.accuracy_matrix() == [[0.0, 0.25, 0.5], [0.0, 0.25, 0.5]]
+    assert ev.loss_matrix("train_stream") == []
+
+
+def test_matrices_survive_a_state_dict_round_trip(tmp_path):
+    def make():
+        return EvaluationPlugin(accuracy_metrics(experience=True), loss_metrics(experience=True))
+
+    def same(a, b):
+        np.testing.assert_array_equal(np.array(a, dtype=float), np.array(b, dtype=float))
+
+    d = Driver(make())
+    d.eval(acc_stream(B))
+    d.train_exp(experience(0, "train"), [[batch(1, 4)]])
+    d.eval(loss_stream([0.5], exps=[0]))  # experience 1 not evaluated: NaN entries
+    d.eval(loss_stream([0.75, 0.875], origin="train"))
+    torch.save(d.ev.state_dict(), tmp_path / "ev.pt")
+    resumed = Driver(make())
+    resumed.ev.load_state_dict(torch.load(tmp_path / "ev.pt", weights_only=True))
+    resumed.s.clock = SimpleNamespace(**vars(d.s.clock))
+    for stream in ("test_stream", "train_stream"):
+        same(resumed.ev.accuracy_matrix(stream), d.ev.accuracy_matrix(stream))
+        same(resumed.ev.loss_matrix(stream), d.ev.loss_matrix(stream))
+    same(resumed.ev.initial_accuracies(), B)
+    assert resumed.ev.loss_matrix("train_stream") == [[0.75, 0.875]]
+    # both go on the same way: the resumed matrices are the uninterrupted run's
+    for driver in (d, resumed):
+        driver.train_exp(experience(1, "train"), [[batch(1, 4)]])
+        driver.eval(loss_stream([1.5, 2.5]))
+    same(resumed.ev.loss_matrix(), d.ev.loss_matrix())
+    same(resumed.ev.accuracy_matrix(), d.ev.accuracy_matrix())
+    # columns run to the last experience ever evaluated (the untrained model's 3)
+    same(d.ev.loss_matrix(), [[0.5, math.nan, math.nan], [1.5, 2.5, math.nan]])
+
+
 # ---- the evaluator ----------------------------------------------------------------------------
 def test_hooks_are_only_the_ones_metrics_need():
     per_iteration = {"before_training_iteration", "before_forward", "after_forward",
@@ -575,3 +652,26 @@ def test_periodic_eval_with_naive_fills_one_row_per_experience():
     forgetting_now = ((R_[0][0] - R_[2][0]) + (R_[1][1] - R_[2][1])) / 2
     assert ev.get_last_metrics()["StreamForgetting/eval_phase/test_stream"] == \
         pytest.approx(forgetting_now)
+
+
+def test_loss_matrix_matches_an_explicit_evaluation_with_naive():
+    naive = pytest.importorskip("raycl.training").Naive
+    torch.manual_seed(0)
+    bench = _random_benchmark(n_exp=2)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    ev = EvaluationPlugin(accuracy_metrics(experience=True), loss_metrics(experience=True))
+    # eval minibatches of 10, 10 and 4: the size-weighted mean is the mean over all samples
+    strategy = naive(model, torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=8,
+                     train_epochs=2, eval_mb_size=10, evaluator=ev)
+    by_hand = []
+    for exp in bench.train_stream:
+        strategy.train(exp)
+        strategy.eval(bench.test_stream)
+        with torch.no_grad():
+            by_hand.append([nn.functional.cross_entropy(model(e.dataset.x),
+                                                        e.dataset.targets).item()
+                            for e in bench.test_stream])
+    L = ev.loss_matrix()
+    assert [[pytest.approx(v, rel=1e-5) for v in row] for row in by_hand] == L
+    assert len(L) == len(ev.accuracy_matrix()) == 2 and all(len(row) == 2 for row in L)
+    assert L[1][0] != L[0][0]  # rows are different models

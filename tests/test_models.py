@@ -198,20 +198,20 @@ def test_simple_mlp_shapes_and_named_layers():
     assert not any(isinstance(m, nn.Dropout) for m in SimpleMLP(drop_rate=0).modules())
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: SimpleMLP(num_classes=0), "num_classes"),
-    (lambda: SimpleMLP(input_size=-1), "input_size"),
-    (lambda: SimpleMLP(hidden_layers=-1), "hidden_layers"),
-    (lambda: SimpleMLP(drop_rate=1.0), "drop_rate"),
-    (lambda: MultiHeadMLP(hidden_layers=0), "hidden_layers"),
-    (lambda: MultiHeadMLP(hidden_size=2.5), "hidden_size"),
-    (lambda: SimpleCNN(in_channels=0), "in_channels"),
-    (lambda: SimpleCNN(drop_rate=-0.1), "drop_rate"),
-    (lambda: ResNet18Reduced(nf=0), "nf"),
-    (lambda: MTResNet18Reduced(initial_out_features=0), "initial_out_features"),
+@pytest.mark.parametrize("make, match, error", [
+    (lambda: SimpleMLP(num_classes=0), "num_classes", ValueError),
+    (lambda: SimpleMLP(input_size=-1), "input_size", ValueError),
+    (lambda: SimpleMLP(hidden_layers=-1), "hidden_layers", ValueError),
+    (lambda: SimpleMLP(drop_rate=1.0), "drop_rate", ValueError),
+    (lambda: MultiHeadMLP(hidden_layers=0), "hidden_layers", ValueError),
+    (lambda: MultiHeadMLP(hidden_size=2.5), "hidden_size", TypeError),  # a float, not an int
+    (lambda: SimpleCNN(in_channels=0), "in_channels", ValueError),
+    (lambda: SimpleCNN(drop_rate=-0.1), "drop_rate", ValueError),
+    (lambda: ResNet18Reduced(nf=0), "nf", ValueError),
+    (lambda: MTResNet18Reduced(initial_out_features=0), "initial_out_features", ValueError),
 ])
-def test_constructors_reject_bad_arguments(make, match):
-    with pytest.raises(ValueError, match=match):
+def test_constructors_reject_bad_arguments(make, match, error):
+    with pytest.raises(error, match=match):
         make()
 
 

@@ -1,4 +1,5 @@
-"""The analysis notebooks: committed without outputs, and they run headless and draw figures."""
+"""The analysis notebooks: committed without outputs, and they run headless and draw figures
+(on the session's study, and on a synthetic study with a selection table)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 from nbclient import NotebookClient
-from synthetic_study import REPO, study_results
+from synthetic_study import REPO, study_results, write_synthetic_study
 
 NOTEBOOKS = ("compare_arms", "sensitivity", "cost")
 
@@ -62,13 +64,12 @@ def test_notebook_is_committed_clean(name: str) -> None:
     assert [c.source for c in built.cells] == [c.source for c in notebook.cells]
 
 
-@pytest.mark.ray  # uses the smoke study, which starts Ray once per session
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_headless_and_draws(name: str, study_dir: Path, venv_kernel: str,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAYCL_STUDY_DIR", str(study_dir))  # the kernel inherits it
+def _run(name: str, study: Path, kernel: str, monkeypatch: pytest.MonkeyPatch
+         ) -> tuple[list[nbformat.NotebookNode], str]:
+    """Execute a notebook on ``study``: its code cells' outputs and everything it printed."""
+    monkeypatch.setenv("RAYCL_STUDY_DIR", str(study))  # the kernel inherits it
     notebook = _read(name)
-    client = NotebookClient(notebook, kernel_name=venv_kernel, timeout=120,
+    client = NotebookClient(notebook, kernel_name=kernel, timeout=120,
                             resources={"metadata": {"path": str(REPO)}})
     client.execute()  # raises CellExecutionError on any failing cell
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
@@ -76,6 +77,30 @@ def test_notebook_runs_headless_and_draws(name: str, study_dir: Path, venv_kerne
     images = [o for o in outputs if o.output_type in ("display_data", "execute_result")
               and "image/png" in o.get("data", {})]
     assert images, f"{name} drew no figure"
-    # The notebook loaded the study it was pointed at, not the default path.
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    return outputs, printed
+
+
+@pytest.mark.ray  # uses the smoke study, which starts Ray once per session
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_headless_and_draws(name: str, study_dir: Path, venv_kernel: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _, printed = _run(name, study_dir, venv_kernel, monkeypatch)
+    # The notebook loaded the study it was pointed at, not the default path.
     assert "trials," in printed
+
+
+@pytest.mark.parametrize("name", ["compare_arms", "sensitivity"])
+def test_notebook_uses_the_selection_table(name: str, tmp_path: Path, venv_kernel: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a study that chose its configs on test data: the notebook warns, and compare_arms's
+    per-arm table is the selection table."""
+    study = Path(write_synthetic_study(tmp_path / "synth", selection_split="test"))
+    outputs, printed = _run(name, study, venv_kernel, monkeypatch)
+    n_trials = len(pd.read_parquet(study / "trials.parquet"))
+    assert f"{n_trials} trials," in printed
+    assert "WARNING: configs were chosen on the test data" in printed
+    if name == "compare_arms":
+        tables = [o["data"]["text/plain"] for o in outputs if o.output_type == "execute_result"
+                  and "text/plain" in o.get("data", {})]
+        assert any("reported_mean" in t and "selection_split" in t for t in tables)

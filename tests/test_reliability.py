@@ -21,8 +21,9 @@ from study_files import TINY, write_study
 
 from raycl.study import load_study, make_trial, run_trial
 from raycl.study.__main__ import main, parser
+from raycl.study.divergence import DivergenceGuard, TrialDiverged
 from raycl.study.results import ResultStore
-from raycl.study.trial import DIVERGED, DivergenceGuard, TrialDiverged
+from raycl.study.schema import DIVERGED
 
 # ---- bad input: one line, exit status 2, nothing started, nothing written ----------------------
 _RWALK = '''
@@ -53,7 +54,8 @@ _BAD = {
     "unknown_plugin_parameter": (TINY, {'EWCPlugin(c["ewc_lambda"])':
                                         'EWCPlugin(c["ewc_lambda"], lamda=1)'},
                                  "arms[ewc].plugins: "),
-    "ewc_alpha_above_1": (_RWALK, {}, "arms[rwalk].space.ewc_alpha: ewc_alpha must be in"),
+    "ewc_alpha_above_1": (_RWALK, {},
+                          "arms[rwalk].space.ewc_alpha: ewc_alpha must be a number in [0, 1]"),
     "mem_size_0": (_REPLAY, {}, "arms[replay].space.mem_size: mem_size"),
     "negative_lambda": (TINY, {"tune.loguniform(1.0, 100.0)": "tune.uniform(-1.0, 1.0)"},
                         "arms[ewc].space.ewc_lambda: ewc_lambda"),
@@ -138,8 +140,8 @@ def test_a_full_disk_is_refused_before_anything_starts(tmp_path, capsys, monkeyp
 # ---- storage faults mid-study ------------------------------------------------------------------
 def _report(exp: int, n: int = 2) -> dict:
     m = {"experience": exp, "avg_accuracy": 0.5, "device": "cpu"}
-    m.update({f"acc_exp_{j:03d}": 0.5 for j in range(n)})
-    m.update({f"loss_exp_{j:03d}": 1.0 for j in range(n)})
+    m.update({f"test_acc_exp_{j:03d}": 0.5 for j in range(n)})
+    m.update({f"test_loss_exp_{j:03d}": 1.0 for j in range(n)})
     return m
 
 
@@ -175,10 +177,11 @@ def test_disk_full_mid_write_keeps_the_last_complete_files(tmp_path, monkeypatch
 
     # the Tune callback reports the failure once and lets the study go on ...
     from raycl.tune.callbacks import ParquetCallback
+    from raycl.tune.compat import tune_config
 
     callback = ParquetCallback(store)
-    trial = SimpleNamespace(trial_id="t3", config={"trial": make_trial("naive", {}, 2)},
-                            last_result=_report(0))
+    trial = SimpleNamespace(trial_id="t3", last_result=_report(0),
+                            config={"trial": tune_config(make_trial("naive", {}, 2))})
     callback.on_trial_start(0, [], trial)
     callback.on_trial_result(0, [], trial, _report(0))
     callback.on_trial_complete(0, [], trial)
@@ -193,11 +196,13 @@ def test_disk_full_mid_write_keeps_the_last_complete_files(tmp_path, monkeypatch
 
 def test_rewrites_wait_in_proportion_to_the_last_write_and_lose_nothing(tmp_path):
     from raycl.tune.callbacks import ParquetCallback
+    from raycl.tune.compat import tune_config
 
     store = ResultStore(tmp_path, "demo")
     callback = ParquetCallback(store, write_factor=1e6)  # the wait after a write: "forever"
-    trials = [SimpleNamespace(trial_id=f"t{i}", config={"trial": make_trial("naive", {}, i)},
-                              last_result=_report(1)) for i in range(3)]
+    trials = [SimpleNamespace(trial_id=f"t{i}", last_result=_report(1),
+                              config={"trial": tune_config(make_trial("naive", {}, i))})
+              for i in range(3)]
     for trial in trials:
         callback.on_trial_start(0, [], trial)
         callback.on_trial_result(0, [], trial, _report(0))
@@ -228,7 +233,7 @@ def test_a_finished_trials_tune_records_are_trimmed(tmp_path):
     from ray.train._internal.session import _TrainingResult
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
-    from raycl.tune.callbacks import _trim_finished
+    from raycl.tune.compat import trim_finished_trial
 
     meta = _TrainingRunMetadata()
     meta.checkpoint_manager = _CheckpointManager(CheckpointConfig())
@@ -243,12 +248,24 @@ def test_a_finished_trials_tune_records_are_trimmed(tmp_path):
     meta.last_result = _report(2)
     latest = meta.checkpoint_manager.latest_checkpoint_result
     before = len(meta.get_json_state())
-    _trim_finished(SimpleNamespace(run_metadata=meta))
+    trim_finished_trial(SimpleNamespace(run_metadata=meta))
     assert meta.metric_analysis == {} and meta.metric_n_steps == {}
     assert meta.checkpoint_manager.best_checkpoint_results == [latest]
     assert meta.last_result == _report(2)  # what the progress line and the tables read stays
     assert len(meta.get_json_state()) < before / 2
     assert all((tmp_path / f"checkpoint_{e:06d}").exists() for e in range(3))  # files stay
+
+
+def test_every_ray_internal_raycl_uses_exists_on_the_installed_ray(monkeypatch):
+    """raycl.tune.compat is the one place raycl reaches into Ray's non-public API; after a Ray
+    upgrade this fails if one of those names is gone (each use degrades silently otherwise)."""
+    from ray.tune.experiment import Trial
+
+    from raycl.tune.compat import missing_internals
+
+    assert missing_internals() == []
+    monkeypatch.delattr(Trial, "get_error")  # a rename is reported, by name
+    assert missing_internals() == ["Trial.get_error"]
 
 
 def test_stale_temporaries_of_a_killed_driver_are_removed_on_resume(tmp_path):
@@ -335,10 +352,10 @@ def test_a_diverging_trial_stops_at_once_and_keeps_its_reports(tmp_path):
         assert [m.get("experience") for m, _ in reports] == [0, None]
         (good, state), (last, last_state) = reports
         assert state is not None and last_state is None  # no checkpoint of a diverged model
-        assert math.isfinite(good["avg_accuracy"])
+        assert math.isfinite(good["test_avg_accuracy"])
         assert last[DIVERGED] == (f"training loss became {word} in experience 1, epoch 0, by "
                                   f"iteration 4 of the epoch")
-        assert math.isnan(last["avg_accuracy"]) and last["device"] == "cpu"
+        assert math.isnan(last["test_avg_accuracy"]) and last["device"] == "cpu"
 
 
 def test_divergence_guard_checks_every_n_iterations_and_at_epoch_end():
@@ -362,12 +379,13 @@ def test_divergence_guard_checks_every_n_iterations_and_at_epoch_end():
 
 def test_a_diverged_trial_is_recorded_as_error_with_its_rows_so_far():
     from raycl.tune.callbacks import ParquetCallback
+    from raycl.tune.compat import tune_config
 
     store = ResultStore("/nonexistent-never-written", "demo")
     store.write = lambda: {}  # type: ignore[method-assign]  # rows only, no files here
     callback = ParquetCallback(store)
     spec = make_trial("ewc", {"ewc_lambda": 1e9}, 0)
-    trial = SimpleNamespace(trial_id="t1", config={"trial": spec}, last_result=None)
+    trial = SimpleNamespace(trial_id="t1", config={"trial": tune_config(spec)}, last_result=None)
     callback.on_trial_start(0, [], trial)
     callback.on_trial_result(0, [], trial, _report(0))
     diverged = {"avg_accuracy": math.nan, DIVERGED: "training loss became NaN in experience 1"}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from synthetic_study import REPO, study_results, write_synthetic_study
 
@@ -49,15 +52,25 @@ def test_report_command_renders_pngs_and_html(study_dir: Path, tmp_path: Path) -
         _check_png(png)
     page = (out / "index.html").read_text(encoding="utf-8")
     assert sorted(re.findall(r'<img src="([^"]+)"', page)) == sorted(p.name for p in pngs)
-    # The summary table lists every arm with its mean metric.
-    table = rca.summary(rca.load_study(study_dir).trials)
+    # The per-arm table lists every arm with its figure: the reported one when the study chose
+    # configs (selection.parquet), else the search summary's mean.
+    results = rca.load_study(study_dir)
     summary_html = page[page.index('<table class="summary"'):]
     summary_html = summary_html[:summary_html.index("</table>")]
-    for row in table.itertuples():
-        assert f"</span>{row.arm}</td>" in summary_html
-        if row.n_seeds:
-            assert f"{row.mean:.4f}" in summary_html
-    assert summary_html.count("<tr>") == len(table) + 1  # header + one row per arm
+    if len(results.selection):
+        assert 'data-source="selection"' in summary_html
+        for row in results.selection.itertuples():
+            assert f"</span>{row.arm}</td>" in summary_html
+            assert f"{row.reported_mean:.4f}" in summary_html
+        assert summary_html.count("<tr") == len(results.selection) + 1
+        assert ('class="banner"' in page) == (results.selection["selection_split"] == "test").any()
+    else:
+        table = rca.summary(rca.search_trials(results.trials))
+        for row in table.itertuples():
+            assert f"</span>{row.arm}</td>" in summary_html
+            if row.n_seeds:
+                assert f"{row.mean:.4f}" in summary_html
+        assert summary_html.count("<tr>") == len(table) + 1  # header + one row per arm
 
 
 def test_report_defaults_and_errored_trials(tmp_path: Path) -> None:
@@ -65,12 +78,12 @@ def test_report_defaults_and_errored_trials(tmp_path: Path) -> None:
     assert report.main([str(study)]) == 0
     page = (study / "report" / "index.html").read_text(encoding="utf-8")
     assert "Errored trials" in page and "RuntimeError: loss is NaN" in page
-    assert "ewc_lambda=" in page  # best configs are spelled out
+    assert "ewc_lambda=" in page  # chosen configs are spelled out
     # Ranking by another metric and mode: the page says which, and ranks by it.
     trials = rca.load_study(study).trials
-    table = rca.summary(trials, metric="avg_forgetting", mode="min")
+    table = rca.summary(trials, metric="test_avg_forgetting", mode="min")
     page = report.render_html(trials, table, ["cost.png"], str(study))
-    assert "<th>avg_forgetting mean</th>" in page and "lowest mean" in page
+    assert "<th>test_avg_forgetting mean</th>" in page and "lowest mean" in page
     assert page.index(f"</span>{table.arm[0]}<") < page.index(f"</span>{table.arm[3]}<")
     assert table["mean"].is_monotonic_increasing
 
@@ -82,4 +95,82 @@ def test_report_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     study = write_synthetic_study(tmp_path / "synth")
     assert report.main([study, "--metric", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+    # A metric named without its split: the error names the test column.
+    assert report.main([study, "--metric", "final_avg_accuracy"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'test_final_avg_accuracy'" in err
+    # Tables of a schema version this raycl does not know: refused in one line.
+    trials = pd.read_parquet(Path(study) / "trials.parquet").assign(schema_version=3)
+    trials.to_parquet(Path(study) / "trials.parquet", index=False)
+    assert report.main([study]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "schema_version 3" in err
     shutil.rmtree(study)
+
+
+def _table(page: str) -> str:
+    table = page[page.index('<table class="summary"'):]
+    return table[:table.index("</table>")]
+
+
+def test_report_table_comes_from_the_selection(tmp_path: Path) -> None:
+    study = Path(write_synthetic_study(tmp_path / "valid"))
+    results = rca.load_study(study)
+    index = report.write_report(study, tmp_path / "out", dpi=40)
+    page = index.read_text(encoding="utf-8")
+    table = _table(page)
+    assert 'data-source="selection"' in table
+    assert 'class="banner"' not in page  # chosen on validation: nothing to warn about
+    header = re.findall(r"<th>([^<]+)</th>", table)
+    assert header == ["arm", "protocol", "chosen config", "selected on", "reported figure", "n",
+                      "reported phase", "confirmation"]
+    rows = table.split("<tr")[2:]
+    assert len(rows) == len(results.selection)
+    selection = results.selection.set_index("arm")
+    # Best reported figure first.
+    order = [re.search(r"</span>([^<]+)</td>", r)[1] for r in rows]  # type: ignore[index]
+    assert order == selection["reported_mean"].sort_values(ascending=False).index.tolist()
+    for arm, row in zip(order, rows, strict=True):
+        chosen = selection.loc[arm]
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        config = rca.format_config(json.loads(chosen["chosen_config"]))
+        assert html.unescape(cells[2]) == config
+        searched = "1 config" if arm == "naive" else "3 configs"
+        assert cells[3] == ("<strong>valid</strong>: valid_final_avg_accuracy = "
+                            f"{chosen['selection_value']:.4f} ({searched})")
+        assert f"test_final_avg_accuracy <span class=\"num\">{chosen['reported_mean']:.4f} ± " \
+            f"{chosen['reported_std']:.4f}</span>" == cells[4]
+        assert cells[5:7] == [str(chosen["reported_n"]), "confirm"]
+        assert cells[7] == f"{chosen['confirm_mean']:.4f} ± {chosen['confirm_std']:.4f} (n=2)"
+    # The figure shown is the reported one, not the search mean of the chosen config.
+    assert f"{selection.loc['ewc', 'search_test_mean']:.4f}" not in table
+
+
+def test_report_banner_when_configs_were_chosen_on_test(tmp_path: Path) -> None:
+    study = Path(write_synthetic_study(tmp_path / "on_test", selection_split="test"))
+    page = report.write_report(study, tmp_path / "out", dpi=40).read_text(encoding="utf-8")
+    assert page.index('class="banner"') < page.index('<table class="summary"')
+    banner = page[page.index('class="banner"'):]
+    banner = banner[:banner.index("</p>")]
+    assert "chosen on the test data" in banner and "optimistic" in banner
+    assert _table(page).count('<tr class="on-test">') == 4
+    # No selection table: the search summary, as before selection existed, and no banner.
+    bare = Path(write_synthetic_study(tmp_path / "bare", with_selection=False))
+    page = report.write_report(bare, tmp_path / "out2", dpi=40).read_text(encoding="utf-8")
+    assert 'data-source="search"' in _table(page) and 'class="banner"' not in page
+    assert "<th>test_final_avg_accuracy mean</th>" in page
+
+
+def test_report_of_studies_with_and_without_selection(tmp_path: Path) -> None:
+    write_synthetic_study(tmp_path / "a", study="a")
+    write_synthetic_study(tmp_path / "b", study="b", with_selection=False, rng_seed=1)
+    results = rca.load_study(tmp_path)
+    table = rca.summary(rca.search_trials(results.trials))
+    page = report.render_html(results.trials, table, [], str(tmp_path), results.selection)
+    chosen = _table(page)
+    assert 'data-source="selection"' in chosen and "<th>study</th>" in chosen
+    assert chosen.count("<td>a</td>") == 4 and "<td>b</td>" not in chosen
+    # Study b has no selection table: its arms are in the search summary under it.
+    rest = _table(page[page.index("Studies without selection.parquet: b"):])
+    assert 'data-source="search"' in rest
+    assert rest.count("<td>b</td>") == 4 and "<td>a</td>" not in rest

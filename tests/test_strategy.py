@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 
 import pytest
@@ -12,6 +13,7 @@ from raycl.benchmarks import SplitDigits, SubsetCLDataset, nc_benchmark
 from raycl.evaluation import EvaluationPlugin, accuracy_metrics, default_evaluator, loss_metrics
 from raycl.models import MultiHeadMLP, SimpleMLP
 from raycl.plugins import HOOKS, StrategyPlugin
+from raycl.plugins.base import Clock, Strategy
 from raycl.training import Naive
 
 
@@ -90,6 +92,23 @@ def test_only_overriding_plugins_are_dispatched():
                if any(getattr(cb, "__self__", None) is p for cb in cbs)]
     assert holders == ["before_forward"]
     assert p.active_hooks() == {"before_forward"}
+
+
+def test_naive_has_every_member_of_the_strategy_protocol():
+    # Plugins and metrics are typed against the Strategy protocol, not the loop: a member the
+    # loop lacked, or whose method took other arguments, would fail only when a plugin ran.
+    strategy = _naive()
+    for proto, obj in ((Strategy, strategy), (Clock, strategy.clock)):
+        declared = {n: v for n, v in vars(proto).items() if not n.startswith("_")}
+        members = set(proto.__annotations__) | set(declared)
+        for name in members:
+            assert hasattr(obj, name), name
+            value = declared.get(name)
+            if callable(value):  # a method: same parameters (less ``self``)
+                expected = list(inspect.signature(value).parameters)[1:]
+                assert list(inspect.signature(getattr(obj, name)).parameters) == expected, name
+    assert {"mb_x", "criterion", "clock", "experience", "stop_training", "forward"} <= (
+        set(Strategy.__annotations__) | set(vars(Strategy)))
 
 
 def test_eval_restores_each_module_mode_and_train_returns_metrics():

@@ -18,13 +18,14 @@ from raycl.study import load_study, make_trial, run_trial
 from raycl.study.__main__ import main
 from raycl.study.loader import StudyError
 from raycl.study.plan import apply_overrides, plan_trials
-from raycl.study.results import (
+from raycl.study.protocol import first_trials, next_batch
+from raycl.study.results import ResultStore, resolve_storage
+from raycl.study.schema import (
     CURVE_ID_COLUMNS,
     MATRIX_COLUMNS,
     SCHEMA_VERSION,
     TRIAL_COLUMNS,
-    ResultStore,
-    resolve_storage,
+    TRIAL_HEAD,
 )
 from raycl.study.trial import deserialize_state, serialize_state
 
@@ -64,13 +65,13 @@ def test_run_trial_reports_every_experience_and_resumes_exactly(tiny):
     assert [m["experience"] for m, _ in first] == [0, 1, 2, 3, 4]
     final = first[-1][0]
     for m, _ in first[:-1]:
-        assert "final_avg_accuracy" not in m
-    for name in ("final_avg_accuracy", "avg_forgetting", "bwt", "fwt"):
+        assert "test_final_avg_accuracy" not in m
+    for name in ("test_final_avg_accuracy", "test_avg_forgetting", "test_bwt", "test_fwt"):
         assert math.isfinite(final[name]), name
-    assert [k for k in final if k.startswith("acc_exp_")] == [f"acc_exp_{j:03d}"
+    assert [k for k in final if k.startswith("test_acc_exp_")] == [f"test_acc_exp_{j:03d}"
                                                               for j in range(5)]
     # class-incremental: after experience 0, later experiences' classes are never predicted
-    assert first[0][0]["acc_exp_004"] == 0.0 < first[0][0]["acc_exp_000"]
+    assert first[0][0]["test_acc_exp_004"] == 0.0 < first[0][0]["test_acc_exp_000"]
     assert final["device"] == "cpu" and final["resumed_from"] == 0
 
     again = _run(tiny, trial)  # same trial, same process: identical numbers
@@ -101,10 +102,10 @@ def test_multi_head_model_is_evaluated_on_the_tasks_it_has_seen(tiny):
                                   model=Model("auto", hidden_size=32))
     reports = [m for m, _ in _run(task_il, make_trial("naive", {}, seed=0))]
     for i, m in enumerate(reports):  # 'auto' model: a multi-head MLP, heads appear with tasks
-        assert sorted(k for k in m if k.startswith("acc_exp_")) == [
-            f"acc_exp_{j:03d}" for j in range(i + 1)]
-    assert math.isfinite(reports[-1]["final_avg_accuracy"])
-    assert math.isnan(reports[-1]["fwt"])  # no head, no accuracy before training on a task
+        assert sorted(k for k in m if k.startswith("test_acc_exp_")) == [
+            f"test_acc_exp_{j:03d}" for j in range(i + 1)]
+    assert math.isfinite(reports[-1]["test_final_avg_accuracy"])
+    assert math.isnan(reports[-1]["test_fwt"])  # no head, no accuracy before training on a task
 
 
 # ---- study files ---------------------------------------------------------------------------------
@@ -168,8 +169,10 @@ def test_study_file_is_a_module_of_its_own(tmp_path):
 
 def test_studies_shipped_with_the_project_validate():
     for path in sorted((REPO / "studies").glob("*.py")):
-        study = load_study(path)
-        assert plan_trials(apply_overrides(study, smoke=True), smoke=True), path
+        smoke = apply_overrides(load_study(path), smoke=True)
+        first = next_batch(smoke, pd.DataFrame(), pd.DataFrame(),
+                           planned=first_trials(smoke, smoke=True))
+        assert first is not None and first.trials, path
 
 
 # ---- the trial plan ------------------------------------------------------------------------------
@@ -179,28 +182,28 @@ def test_trial_plan_is_deterministic_and_crosses_configs_with_seeds(tiny, tmp_pa
     assert trials == again
     by_arm = {}
     for t in trials:
-        by_arm.setdefault(t["arm"], []).append(t)
+        by_arm.setdefault(t.arm, []).append(t)
     assert len(by_arm["naive"]) == 2  # a baseline without space: one config x 2 seeds
     assert len(by_arm["ewc"]) == 2 * 2  # num_samples x seeds
     assert len(by_arm["si"]) == 2 * 2  # the grid's 2 values x seeds (nothing random)
-    assert {t["params"]["si_lambda"] for t in by_arm["si"]} == {0.1, 1.0}
+    assert {t.params["si_lambda"] for t in by_arm["si"]} == {0.1, 1.0}
     for arm_trials in by_arm.values():
         configs = {}
         for t in arm_trials:
-            configs.setdefault(repr(sorted(t["params"].items())), set()).add(t["seed"])
+            configs.setdefault(repr(sorted(t.params.items())), set()).add(t.seed)
         assert all(seeds == {0, 1} for seeds in configs.values())
-    assert len({t["trial_key"] for t in trials}) == len(trials)
+    assert len({t.trial_key for t in trials}) == len(trials)
     # another arm does not change the configs drawn for this one
     fewer = apply_overrides(tiny)
     fewer.arms = [a for a in fewer.arms if a.name != "naive"]
-    assert [t for t in plan_trials(fewer) if t["arm"] == "ewc"] == by_arm["ewc"]
+    assert [t for t in plan_trials(fewer) if t.arm == "ewc"] == by_arm["ewc"]
 
 
 def test_random_search_never_repeats_a_config():
     import numpy as np
     from ray import tune
 
-    from raycl.tune.space import sample_configs
+    from raycl.study.space import sample_configs
 
     space = {"k": tune.choice([1, 2]), "m": tune.grid_search(["a", "b"])}
     configs = sample_configs(space, 5, np.random.default_rng(0))
@@ -213,23 +216,24 @@ def test_random_search_never_repeats_a_config():
 def test_smoke_and_dry_run(tiny, tmp_path, capsys):
     smoke = apply_overrides(tiny, smoke=True)
     assert smoke.name == "tiny-smoke" and smoke.seeds == [0] and smoke.train_epochs == 1
-    assert [t["arm"] for t in plan_trials(smoke, smoke=True)] == ["naive", "ewc", "si"]
+    assert [t.arm for t in plan_trials(smoke, smoke=True)] == ["naive", "ewc", "si"]
     path = write_study(tmp_path, TINY)
     assert main([str(path), "--dry-run", "--num-samples", "3"]) == 0
     out = capsys.readouterr().out
     trials = plan_trials(apply_overrides(tiny, num_samples=3))
-    assert f"{len(trials)} trials:" in out
-    assert all(t["trial_key"] in out for t in trials)
+    assert f"{len(trials)} trials in the first phase:" in out
+    assert all(t.trial_key in out for t in trials)
 
 
 # ---- Parquet results -----------------------------------------------------------------------------
 def _metrics(exp, n=3, acc=0.5):
-    m = {"experience": exp, "avg_accuracy": acc, "train_time_s": 1.0 + exp,
+    m = {"experience": exp, "test_avg_accuracy": acc, "train_time_s": 1.0 + exp,
          "device": "cpu", "gpu_ids": "", "node_ip": "10.0.0.1"}
-    m.update({f"acc_exp_{j:03d}": acc for j in range(n)})
-    m.update({f"loss_exp_{j:03d}": 1.0 for j in range(n)})
+    m.update({f"test_acc_exp_{j:03d}": acc for j in range(n)})
+    m.update({f"test_loss_exp_{j:03d}": 1.0 for j in range(n)})
     if exp == n - 1:
-        m.update(final_avg_accuracy=acc, avg_forgetting=0.1, bwt=-0.1, fwt=0.0)
+        m.update(test_final_avg_accuracy=acc, test_avg_forgetting=0.1, test_bwt=-0.1,
+                 test_fwt=0.0)
     return m
 
 
@@ -252,23 +256,24 @@ def test_results_are_tidy_deduplicated_and_survive_a_resume(tmp_path):
 
     trials = pd.read_parquet(tmp_path / "results" / "demo" / "trials.parquet")
     params = ["param_ewc_lambda", "param_mode", "param_patterns_per_experience"]
-    assert list(trials.columns) == [*TRIAL_COLUMNS[:5], *params, *TRIAL_COLUMNS[5:]]
+    head = len(TRIAL_HEAD)
+    assert list(trials.columns) == [*TRIAL_COLUMNS[:head], *params, *TRIAL_COLUMNS[head:]]
     assert (trials["schema_version"] == SCHEMA_VERSION).all()
     assert str(trials["param_patterns_per_experience"].dtype) == "Int64"  # stays an int
     assert str(trials["started_at"].dtype).startswith("datetime64")
     row = trials.set_index("arm").loc["gem"]
     assert row["status"] == "ERROR" and row["error"] == "RuntimeError: boom"
-    assert row["experiences_done"] == 2 and math.isnan(row["final_avg_accuracy"])
+    assert row["experiences_done"] == 2 and math.isnan(row["test_final_avg_accuracy"])
     matrix = pd.read_parquet(tmp_path / "results" / "demo" / "matrix.parquet")
     assert list(matrix.columns) == list(MATRIX_COLUMNS) and len(matrix) == 2 * 3 * 3
     curves = pd.read_parquet(tmp_path / "results" / "demo" / "curves.parquet")
     assert list(curves.columns[:len(CURVE_ID_COLUMNS)]) == list(CURVE_ID_COLUMNS)
-    assert len(curves) == 2 * 3 and "acc_exp_002" in curves.columns
+    assert len(curves) == 2 * 3 and "test_acc_exp_002" in curves.columns
 
     # a resumed run: the errored trial reruns under a new Ray trial id and replaces its rows
     resumed = ResultStore(tmp_path / "results", "demo")
     resumed.load()
-    assert resumed.done_keys() == {ewc["trial_key"]}
+    assert resumed.done_keys() == {ewc.trial_key}
     for exp in range(3):
         resumed.add_report(gem, "c_1", _metrics(exp, acc=0.7))
     resumed.set_trial(gem, "c_1", "TERMINATED", _metrics(2, acc=0.7))
@@ -315,7 +320,9 @@ def test_optuna_search_runs_every_config_with_every_seed():
     from ray import tune
     from ray.tune.search import Searcher
 
-    from raycl.tune.search import SeededOptunaSearch, params_from_row
+    from raycl.study.space import params_from_row
+    from raycl.tune.compat import spec_of_config
+    from raycl.tune.search import SeededOptunaSearch
 
     arms = {"naive": {}, "ewc": {"ewc_lambda": tune.loguniform(1.0, 100.0), "mode": "online"}}
     search = SeededOptunaSearch(arms, seeds=[0, 1], budget={"naive": 1, "ewc": 3},
@@ -325,17 +332,17 @@ def test_optuna_search_runs_every_config_with_every_seed():
         suggestion = search.suggest(f"t{len(seen)}")
         if suggestion == Searcher.FINISHED:
             break
-        trial = suggestion["trial"]
+        trial = spec_of_config(suggestion)
         seen.append(trial)
-        value = trial["params"].get("ewc_lambda", 1.0) / 100
+        value = trial.params.get("ewc_lambda", 1.0) / 100
         search.on_trial_complete(f"t{len(seen) - 1}", {"final_avg_accuracy": value})
     assert len(seen) == (1 + 3) * 2
-    ewc = [t for t in seen if t["arm"] == "ewc"]
-    configs = {t["params"]["ewc_lambda"] for t in ewc}
+    ewc = [t for t in seen if t.arm == "ewc"]
+    configs = {t.params["ewc_lambda"] for t in ewc}
     assert len(configs) == 3
     for lam in configs:
-        assert sorted(t["seed"] for t in ewc if t["params"]["ewc_lambda"] == lam) == [0, 1]
-    assert all(t["params"]["mode"] == "online" for t in ewc)
+        assert sorted(t.seed for t in ewc if t.params["ewc_lambda"] == lam) == [0, 1]
+    assert all(t.params["mode"] == "online" for t in ewc)
     assert search.told("ewc") == 3
 
     # a trials row gives back the config with its types (Parquet made the int column float)
@@ -354,14 +361,14 @@ def test_optuna_search_runs_every_config_with_every_seed():
                      "seed": 1, "value": 0.4})
     resumed = SeededOptunaSearch(arms, seeds=[0, 1], budget={"naive": 1, "ewc": 3},
                                  metric="final_avg_accuracy", mode="max", previous=previous)
-    first = resumed.suggest("r0")["trial"]
-    assert first["arm"] == "ewc" and first["seed"] == 0
-    assert first["params"]["ewc_lambda"] == lam_half
+    first = spec_of_config(resumed.suggest("r0"))
+    assert first.arm == "ewc" and first.seed == 0
+    assert first.params["ewc_lambda"] == lam_half
     rest = []
     while (s := resumed.suggest(f"r{len(rest) + 1}")) != Searcher.FINISHED:
-        rest.append(s["trial"])
+        rest.append(spec_of_config(s))
     # naive (1 config) and one new ewc config, each with both seeds
-    assert sorted(t["arm"] for t in rest) == ["ewc", "ewc", "naive", "naive"]
+    assert sorted(t.arm for t in rest) == ["ewc", "ewc", "naive", "naive"]
 
 
 def test_first_signal_stops_the_study_and_a_second_one_quits(capsys):

@@ -8,6 +8,7 @@ so killing it (by pid) leaves no Ray processes of its own behind.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pandas as pd
 import pytest
 from study_files import CHECKPOINT_KILLS, DIES, TINY, write_study
 
+from raycl.study.plan import prepare_run
 from raycl.tune.runner import run_study
 
 pytestmark = pytest.mark.ray
@@ -45,7 +47,8 @@ def _intervals(log: Path) -> pd.DataFrame:
 def test_fake_gpus_one_trial_per_gpu_and_a_killed_trial_resumes(ray_address, tmp_path):
     path = write_study(tmp_path, DIES)
     out = io.StringIO()
-    outcome = run_study(path, storage=str(tmp_path / "results"), gpus_per_trial=1, out=out)
+    outcome = run_study(prepare_run(path, storage=str(tmp_path / "results"), gpus_per_trial=1),
+                        out=out)
     assert (outcome.finished, outcome.errored, outcome.interrupted) == (4, 2, False)
     printed = out.getvalue()
     assert "restarting from its last checkpoint" in printed
@@ -73,8 +76,8 @@ def test_fake_gpus_one_trial_per_gpu_and_a_killed_trial_resumes(ray_address, tmp
     assert not curves.duplicated(["trial_key", "experience"]).any()
     assert len(curves) == 4 * 5 + 2 * 1  # the errored trials' first experience is kept
     matrix = pd.read_parquet(outcome.paths["matrix"])
-    assert len(matrix) == (4 * 5 + 2 * 1) * 5
-    assert not matrix.duplicated(["trial_key", "trained_exp", "eval_exp"]).any()
+    assert len(matrix) == 2 * (4 * 5 + 2 * 1) * 5  # a validation and a test row each
+    assert not matrix.duplicated(["trial_key", "split", "trained_exp", "eval_exp"]).any()
 
     # one trial of "dies" ended its process after experience 2; it went on from its checkpoint
     assert (tmp_path / "died.marker").exists()
@@ -93,7 +96,7 @@ def test_fake_gpus_one_trial_per_gpu_and_a_killed_trial_resumes(ray_address, tmp
 def test_trial_killed_while_writing_its_checkpoint_resumes_from_the_last_complete_one(
         ray_address, tmp_path):
     path = write_study(tmp_path, CHECKPOINT_KILLS)
-    outcome = run_study(path, storage=str(tmp_path / "results"), gpus_per_trial=0,
+    outcome = run_study(prepare_run(path, storage=str(tmp_path / "results"), gpus_per_trial=0),
                         out=io.StringIO())
     assert (outcome.finished, outcome.errored, outcome.interrupted) == (6, 0, False)
     for stage in ("cut_write", "cut_upload"):  # each kill happened, in a trial process
@@ -111,7 +114,7 @@ def test_trial_killed_while_writing_its_checkpoint_resumes_from_the_last_complet
 
     # the resumed trials learned exactly what their uninterrupted twins did
     matrix = pd.read_parquet(outcome.paths["matrix"])
-    assert len(matrix) == 6 * 5 * 5
+    assert len(matrix) == 2 * 6 * 5 * 5  # a validation and a test row each
     cols = ["seed", "trained_exp", "eval_exp", "accuracy", "loss"]
     for arm in ("cut_write", "cut_upload"):
         for seed in (0, 1):
@@ -225,7 +228,7 @@ def test_driver_killed_three_times_then_resumed_loses_and_duplicates_nothing(
     # the same trials as an uninterrupted study, each exactly once
     trials = pd.read_parquet(trials_file)
     study = load_study(path)
-    planned = {t["trial_key"]: t for t in plan_trials(study)}
+    planned = {t.trial_key: t for t in plan_trials(study)}
     assert len(trials) == len(planned) == 10 and set(trials["trial_key"]) == set(planned)
     diverged = trials[trials["arm"] == "nan"]
     assert set(diverged["status"]) == {"ERROR"} and (diverged["experiences_done"] == 1).all()
@@ -237,15 +240,15 @@ def test_driver_killed_three_times_then_resumed_loses_and_duplicates_nothing(
     kept = trials.set_index("trial_key").loc[done_before["trial_key"], "trial_id"]
     assert kept.tolist() == done_before["trial_id"].tolist()
     matrix = pd.read_parquet(folder / "matrix.parquet")
-    assert len(matrix) == (8 * 5 + 2 * 1) * 5
-    assert not matrix.duplicated(["trial_key", "trained_exp", "eval_exp"]).any()
+    assert len(matrix) == 2 * (8 * 5 + 2 * 1) * 5  # a validation and a test row each
+    assert not matrix.duplicated(["trial_key", "split", "trained_exp", "eval_exp"]).any()
     curves = pd.read_parquet(folder / "curves.parquet")
     assert len(curves) == 8 * 5 + 2 * 1
     assert not curves.duplicated(["trial_key", "experience"]).any()
 
     # identical metrics to an uninterrupted run of each trial (deterministic seeds)
     monkeypatch.setattr(time, "sleep", lambda s: None)  # the study's pauses
-    columns = [c for c in curves.columns if c.startswith(("acc_exp_", "loss_exp_"))]
+    columns = [c for c in curves.columns if c.startswith(("test_acc_exp_", "test_loss_exp_"))]
     for key in ok["trial_key"]:
         reports: list = []
         run_trial(study, planned[key], lambda m, s, out=reports: out.append(m))
@@ -257,7 +260,8 @@ def test_driver_killed_three_times_then_resumed_loses_and_duplicates_nothing(
     # nothing written outside the storage folder: Ray's files are under <storage>/tiny/_ray
     assert {p.split("/")[0] for p in _files_under(work)} == {"results"}
     outside_ray = {p for p in _files_under(folder) if not p.startswith("_ray/")}
-    assert outside_ray == {"trials.parquet", "matrix.parquet", "curves.parquet"}
+    assert outside_ray == {"trials.parquet", "matrix.parquet", "curves.parquet",
+                           "selection.parquet"}
     assert _files_under(home) == set()
 
 
@@ -297,7 +301,7 @@ def test_optuna_search_with_asha(ray_address, tmp_path):
         "num_samples=2,": "num_samples=2, search='optuna', scheduler='asha',",
         '{"si_lambda": tune.grid_search([0.1, 1.0])}': '{"si_lambda": tune.uniform(0.1, 1.0)}'})
     # three Tune runs (4 + 4 + 2 trials) share one Optuna searcher and one ASHA scheduler
-    outcome = run_study(path, storage=str(tmp_path / "results"), gpus_per_trial=0,
+    outcome = run_study(prepare_run(path, storage=str(tmp_path / "results"), gpus_per_trial=0),
                         out=io.StringIO(), trials_per_batch=4)
     assert (outcome.started, outcome.errored, outcome.interrupted) == (10, 0, False)
     runs = [p.name for p in (tmp_path / "results" / "tiny" / "_ray").iterdir() if p.is_dir()]
@@ -313,3 +317,65 @@ def test_optuna_search_with_asha(ray_address, tmp_path):
     curves = pd.read_parquet(outcome.paths["curves"])
     assert trials["experiences_done"].between(1, 5).all()
     assert len(curves) == trials["experiences_done"].sum()
+
+
+def test_driver_killed_in_the_confirmation_phase_resumes_without_rerunning_the_search(
+        ray_address, tmp_path):
+    """Phase 2 (each arm's chosen config on fresh seeds) depends on phase 1's results: a driver
+    killed during it resumes phase 2 only, derives the same choices, and nothing is lost or
+    duplicated."""
+    files, work, home = tmp_path / "files", tmp_path / "work", tmp_path / "home"
+    for folder in (files, work, home):
+        folder.mkdir()
+    path = write_study(files, TINY, replace={"confirm_seeds=[],": "confirm_seeds=[5, 6],"})
+    command = [sys.executable, "-m", "raycl.study", str(path), "--address", ray_address,
+               "--gpus-per-trial", "0", "--trials-per-batch", "2"]
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
+    token = Path.home() / ".ray" / "auth_token"
+    if token.exists() and "RAY_AUTH_TOKEN_PATH" not in env:
+        env["RAY_AUTH_TOKEN_PATH"] = str(token)
+    folder = work / "results" / "tiny"
+    trials_file = folder / "trials.parquet"
+
+    def phases() -> list[str]:
+        try:
+            return pd.read_parquet(trials_file)["phase"].tolist()
+        except (OSError, ValueError, KeyError):
+            return []
+
+    driver = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while "confirm" not in phases():
+            assert driver.poll() is None, driver.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no confirmation trial finished in 240 s"
+            time.sleep(0.05)
+        os.kill(driver.pid, signal.SIGKILL)  # in phase 2: its first trial just finished
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.communicate(timeout=60)
+    before = pd.read_parquet(trials_file)
+    search_before = before[before["phase"] == "search"].set_index("trial_key")["trial_id"]
+    assert len(search_before) == 10 and 1 <= (before["phase"] == "confirm").sum() < 6
+
+    final = subprocess.run([*command, "--resume"], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    assert "phase search" not in final.stdout  # phase 1 was not run again
+    trials = pd.read_parquet(trials_file)
+    assert trials["trial_key"].is_unique and len(trials) == 10 + 3 * 2
+    search = trials[trials["phase"] == "search"].set_index("trial_key")["trial_id"]
+    assert search.sort_index().tolist() == search_before.sort_index().tolist()  # not rerun
+    confirm = trials[trials["phase"] == "confirm"]
+    assert sorted(confirm["seed"].unique()) == [5, 6] and (confirm["status"] == "TERMINATED").all()
+    selection = pd.read_parquet(folder / "selection.parquet").set_index("arm")
+    for arm, row in selection.iterrows():  # the confirmation runs are of the chosen config
+        mine = confirm[confirm["arm"] == arm]
+        assert set(mine["config"]) == {json.dumps(json.loads(row["chosen_config"]),
+                                                  sort_keys=True)}
+        assert row["reported_phase"] == "confirm" and row["reported_n"] == 2
+    matrix = pd.read_parquet(folder / "matrix.parquet")
+    assert not matrix.duplicated(["trial_key", "split", "trained_exp", "eval_exp"]).any()
+    assert set(matrix["split"]) == {"valid", "test"}

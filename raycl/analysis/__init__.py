@@ -1,21 +1,31 @@
 """Analysis of a study's Parquet results: the tables and figures the notebooks and report share.
 
 >>> from raycl.analysis import load_study, summary, plot_avg_accuracy_curves
->>> results = load_study("results/ewc_vs_si")          # trials, matrix, curves DataFrames
->>> summary(results.trials)                            # per arm: best config, mean/std over seeds
->>> fig = plot_avg_accuracy_curves(results.trials, results.matrix)
+>>> results = load_study("results/ewc_vs_si")   # trials, matrix, curves, selection DataFrames
+>>> results.selection                           # per arm: chosen config (on valid), test figures
+>>> summary(search_trials(results.trials), metric="test_final_avg_accuracy")
+>>> fig = plot_avg_accuracy_curves(results.trials, results.matrix, selection=results.selection)
 
+Accuracy is read on the test split by default (``test_*`` columns, the matrix's ``split ==
+"test"`` rows); each arm's config is the one ``selection.parquet`` records when the study has one.
 Importing this package loads pandas only; matplotlib is imported when a figure is drawn.
 """
 
 from __future__ import annotations
 
 from raycl.analysis.colors import KNOWN_ARM_COLORS, arm_color, arm_colors
-from raycl.analysis.load import StudyResults, concat_studies, load_study
+from raycl.analysis.load import (
+    StudyResults,
+    concat_studies,
+    load_study,
+    table_version,
+    upgrade_v1,
+)
 from raycl.analysis.plots import (
     accuracy_is_percent,
     infer_log_scale,
     metric_label,
+    metric_name,
     plot_accuracy_matrices,
     plot_accuracy_matrix,
     plot_avg_accuracy_curves,
@@ -25,23 +35,32 @@ from raycl.analysis.plots import (
     study_figures,
 )
 from raycl.analysis.tables import (
+    DEFAULT_METRIC,
+    SEARCH_PHASES,
     accuracy_matrix,
     arm_labels,
     average_accuracy_per_experience,
     best_trials,
+    chosen_configs,
+    completed_per_phase,
     completed_trials,
     config_table,
     forgetting_per_experience,
     format_config,
+    higher_is_better,
+    matrix_split,
     mean_accuracy_matrix,
     param_columns,
     pareto_front,
+    search_trials,
     select_runs,
     summary,
 )
 
 __all__ = [
+    "DEFAULT_METRIC",
     "KNOWN_ARM_COLORS",
+    "SEARCH_PHASES",
     "StudyResults",
     "accuracy_is_percent",
     "accuracy_matrix",
@@ -50,15 +69,20 @@ __all__ = [
     "arm_labels",
     "average_accuracy_per_experience",
     "best_trials",
+    "chosen_configs",
+    "completed_per_phase",
     "completed_trials",
     "concat_studies",
     "config_table",
     "forgetting_per_experience",
     "format_config",
+    "higher_is_better",
     "infer_log_scale",
     "load_study",
+    "matrix_split",
     "mean_accuracy_matrix",
     "metric_label",
+    "metric_name",
     "param_columns",
     "pareto_front",
     "plot_accuracy_matrices",
@@ -67,7 +91,10 @@ __all__ = [
     "plot_cost",
     "plot_forgetting",
     "plot_sensitivity",
+    "search_trials",
     "select_runs",
     "study_figures",
     "summary",
+    "table_version",
+    "upgrade_v1",
 ]

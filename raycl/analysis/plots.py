@@ -6,8 +6,16 @@ as a notebook cell's value is shown once. matplotlib is imported inside the func
 ``import raycl.analysis`` stays light.
 
 Shared rules: arms keep one colour everywhere (:func:`raycl.analysis.colors.arm_colors`); only
-completed TERMINATED trials are drawn and the subtitle says how many were left out; curves,
-heatmaps and forgetting show each arm's best config (by ``metric``/``mode``) over its seeds.
+completed TERMINATED trials are drawn and the subtitle says how many were left out. Accuracy is
+the test split's unless ``split="valid"`` (matrix figures) or a ``valid_*`` metric is asked for,
+and every figure says which split it plots.
+
+- Curves, heatmaps and forgetting show each arm's config over its seeds: with ``selection``
+  (``StudyResults.selection``) the config the study chose, on the runs its reported figures come
+  from (:func:`raycl.analysis.tables.best_trials`); without, the best config by
+  ``metric``/``mode`` among the search trials. A study that chose on the test data says so in
+  the title.
+- Sensitivity and cost plots describe the search: the search-phase trials only.
 """
 
 from __future__ import annotations
@@ -21,39 +29,83 @@ import pandas as pd
 
 from raycl.analysis.colors import arm_colors
 from raycl.analysis.tables import (
-    PARAM_PREFIX,
+    DEFAULT_METRIC,
+    _same_config,
     accuracy_matrix,
     arm_labels,
     average_accuracy_per_experience,
     best_trials,
-    completed_trials,
+    chosen_configs,
+    completed_per_phase,
     config_table,
     forgetting_per_experience,
+    higher_is_better,
+    matrix_split,
     mean_accuracy_matrix,
     param_columns,
     pareto_front,
+    run_keys,
+    search_trials,
     select_runs,
     summary,
+)
+from raycl.study.schema import (
+    ACCURACY,
+    ARM,
+    AVG_ACCURACY,
+    AVG_FORGETTING,
+    BWT,
+    ERRORED,
+    EVAL_EXP,
+    EVAL_TIME_S,
+    FINAL_AVG_ACCURACY,
+    FWT,
+    PEAK_MEMORY_MB,
+    REPORTED_MEAN,
+    REPORTED_METRIC,
+    REPORTED_PHASE,
+    SELECTION_METRIC,
+    SELECTION_SPLIT,
+    SPLITS,
+    STATUS,
+    STREAM_ACCURACY,
+    STREAM_LOSS,
+    STUDY,
+    TEST,
+    TRAIN_TIME_S,
+    TRAINED_EXP,
+    TRIAL_ID,
+    VALID,
+    is_param_column,
+    param_column,
+    param_name,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+# Display labels of the metrics (axis titles): text for people, keyed by the schema's names.
 _METRIC_NAMES: dict[str, str] = {
-    "final_avg_accuracy": "final average accuracy",
-    "avg_forgetting": "average forgetting",
-    "bwt": "backward transfer (BWT)",
-    "fwt": "forward transfer (FWT)",
-    "accuracy": "accuracy",
-    "avg_accuracy": "average accuracy",
-    "train_time_s": "training time (s)",
-    "peak_memory_mb": "peak memory (MB)",
+    FINAL_AVG_ACCURACY: "final average accuracy",
+    AVG_FORGETTING: "average forgetting",
+    BWT: "backward transfer (BWT)",
+    FWT: "forward transfer (FWT)",
+    ACCURACY: "accuracy",
+    AVG_ACCURACY: "average accuracy",
+    STREAM_ACCURACY: "stream accuracy",
+    STREAM_LOSS: "stream loss",
+    TRAIN_TIME_S: "training time (s)",
+    EVAL_TIME_S: "evaluation time (s)",
+    PEAK_MEMORY_MB: "peak memory (MB)",
 }
+# How a split is named in labels.
+_SPLIT_NAMES: dict[str, str] = {VALID: "validation", TEST: "test"}
 # Metrics measured in accuracy units, labelled "(0-1)" or "(%)" by the scale of their values.
+# These are words looked for inside any metric's name (a user's "val_accuracy" too), not columns.
 _ACCURACY_LIKE = ("accuracy", "forgetting", "bwt", "fwt")
-_COST_COLUMNS: dict[str, str] = {"train_time_s": "training time (s)",
-                                 "peak_memory_mb": "peak memory (MB)"}
+# The cost columns plot_cost draws, with their axis labels.
+_COST_COLUMNS: dict[str, str] = {c: _METRIC_NAMES[c] for c in (TRAIN_TIME_S, PEAK_MEMORY_MB)}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -76,9 +128,25 @@ def _unit(values: Iterable[float]) -> str:
     return "%" if accuracy_is_percent(values) else "0–1"
 
 
+def _split_of(metric: str) -> tuple[str | None, str]:
+    """``(split, metric without it)`` of a column name; split None for a column without one."""
+    for split in SPLITS:
+        if metric.startswith(f"{split}_"):
+            return split, metric[len(split) + 1:]
+    return None, metric
+
+
+def metric_name(metric: str) -> str:
+    """A metric column in words, without unit: ``test final average accuracy``."""
+    split, bare = _split_of(metric)
+    name = _METRIC_NAMES.get(bare, bare.replace("_", " "))
+    return f"{_SPLIT_NAMES[split]} {name}" if split else name
+
+
 def metric_label(metric: str, values: Iterable[float] = ()) -> str:
-    """A readable axis label for a metric column, with its unit (``(0–1)``, ``(%)``, s, MB)."""
-    name = _METRIC_NAMES.get(metric, metric.replace("_", " "))
+    """A readable axis label for a metric column, with its split and unit: ``test final average
+    accuracy (0–1)``, ``(%)``, s, MB."""
+    name = metric_name(metric)
     if any(word in metric for word in _ACCURACY_LIKE) and "(" not in name:
         return f"{name} ({_unit(values)})"
     if any(word in metric for word in _ACCURACY_LIKE):
@@ -117,16 +185,62 @@ def _is_categorical(values: pd.Series) -> bool:
     return not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
 
 
-def _ordered_labels(trials: pd.DataFrame, metric: str, mode: str) -> list[str]:
-    """Arm labels in summary order (best first), then arms without any result."""
-    table = summary(trials, metric, mode)
-    labels = arm_labels(table)
-    return list(dict.fromkeys(labels.tolist()))
+def _has_rows(selection: pd.DataFrame | None) -> bool:
+    return selection is not None and len(selection) > 0
+
+
+def _ordered_labels(trials: pd.DataFrame, metric: str, mode: str,
+                    selection: pd.DataFrame | None = None) -> list[str]:
+    """Arm labels best first: by reported figure where the study chose a config, else in summary
+    order of the search trials; then arms without any result."""
+    labels: list[str] = []
+    if _has_rows(selection):
+        assert selection is not None
+        # Best reported figure first (the study's mode is not recorded: judged by the name).
+        better = pd.Series([1.0 if higher_is_better(str(m)) else -1.0
+                            for m in selection[REPORTED_METRIC]], index=selection.index)
+        chosen = selection.assign(
+            _label=_labels_like(trials, selection),
+            _score=-better * pd.to_numeric(selection[REPORTED_MEAN], errors="coerce"))
+        by = [STUDY, "_score"] if STUDY in chosen.columns else ["_score"]
+        chosen = chosen.sort_values(by, na_position="last", kind="stable")
+        labels += chosen["_label"].tolist()
+    table = summary(search_trials(trials), metric, mode)
+    labels += arm_labels(table).tolist() + arm_labels(trials).tolist()
+    present = set(arm_labels(trials))
+    return [label for label in dict.fromkeys(labels) if label in present]
+
+
+def _labels_like(trials: pd.DataFrame, frame: pd.DataFrame) -> pd.Series:
+    """The arm labels of ``frame``'s rows (a per-arm table), spelled as for ``trials``."""
+    if STUDY in trials.columns and trials[STUDY].nunique(dropna=True) > 1 \
+            and STUDY in frame.columns:
+        return frame[STUDY].astype(str) + ":" + frame[ARM].astype(str)
+    return frame[ARM].astype(str)
+
+
+def _config_phrase(selection: pd.DataFrame | None, metric: str, mode: str) -> str:
+    """How the figure's config of each arm was picked, for a title."""
+    if not _has_rows(selection):
+        return f"best config per arm by {metric} ({mode}) among search trials"
+    assert selection is not None
+    metrics = ", ".join(sorted(selection[SELECTION_METRIC].dropna().astype(str).unique()))
+    phases = ", ".join(sorted(selection[REPORTED_PHASE].dropna().astype(str).unique()))
+    text = f"config chosen per arm on {metrics or 'the selection split'}"
+    if phases:
+        text += f", {phases} runs"
+    if (selection[SELECTION_SPLIT].astype(str) == TEST).any():
+        text += "\nCHOSEN ON TEST DATA: these figures are optimistic"
+    return text
+
+
+def _legend_title(selection: pd.DataFrame | None) -> str:
+    return "arm (chosen config)" if _has_rows(selection) else "arm (best config)"
 
 
 def _exclusion_note(trials: pd.DataFrame, metric: str) -> str:
-    done = completed_trials(trials, metric)
-    errored = int((trials["status"] == "ERROR").sum())
+    done = completed_per_phase(trials, metric)
+    errored = int((trials[STATUS] == ERRORED).sum())
     other = len(trials) - len(done) - errored
     parts = []
     if errored:
@@ -212,15 +326,23 @@ def _draw_heatmap(ax: Axes, table: pd.DataFrame, title: str, annotate: bool = Tr
 # --------------------------------------------------------------------------- figures
 
 
+def _split_word(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return _SPLIT_NAMES[split]
+
+
 def plot_accuracy_matrix(matrix: pd.DataFrame, trial_id: str, seed: int | None = None,
-                         ax: Axes | None = None, title: str | None = None) -> Figure:
-    """Annotated heatmap of one run's accuracy matrix (rows: trained up to; columns: evaluated)."""
-    table = accuracy_matrix(matrix, trial_id, seed=seed)
+                         ax: Axes | None = None, title: str | None = None,
+                         split: str = TEST) -> Figure:
+    """Annotated heatmap of one run's accuracy matrix on ``split`` (rows: trained up to;
+    columns: evaluated)."""
+    table = accuracy_matrix(matrix, trial_id, seed=seed, split=split)
     fig, ax = _figure_and_axes(ax, 1.0 + 0.75 * table.shape[1], 0.9 + 0.7 * table.shape[0])
     if title is None:
-        rows = matrix[matrix["trial_id"].astype(str) == str(trial_id)]
-        arm = f"{rows['arm'].iloc[0]}, " if "arm" in rows.columns and len(rows) else ""
-        title = f"Accuracy matrix ({arm}trial {trial_id}" + (
+        rows = matrix[matrix[TRIAL_ID].astype(str) == str(trial_id)]
+        arm = f"{rows[ARM].iloc[0]}, " if ARM in rows.columns and len(rows) else ""
+        title = f"{_split_word(split).capitalize()} accuracy matrix ({arm}trial {trial_id}" + (
             f", seed {seed})" if seed is not None else ")")
     image = _draw_heatmap(ax, table, title)
     fig.colorbar(image, ax=ax, label=f"accuracy ({_unit(table.to_numpy().ravel())})",
@@ -229,17 +351,23 @@ def plot_accuracy_matrix(matrix: pd.DataFrame, trial_id: str, seed: int | None =
 
 
 def plot_accuracy_matrices(trials: pd.DataFrame, matrix: pd.DataFrame,
-                           metric: str = "final_avg_accuracy", mode: str = "max") -> Figure:
-    """One annotated accuracy-matrix heatmap per arm: its best config, averaged over seeds."""
-    best = best_trials(trials, metric, mode)
-    labels = [lab for lab in _ordered_labels(trials, metric, mode) if lab in set(best["label"])]
+                           metric: str = DEFAULT_METRIC, mode: str = "max",
+                           split: str = TEST,
+                           selection: pd.DataFrame | None = None) -> Figure:
+    """One annotated accuracy-matrix heatmap (on ``split``) per arm: its chosen config (or best,
+    without ``selection``), averaged over seeds."""
+    word = _split_word(split)
+    matrix = matrix_split(matrix, split)
+    best = best_trials(trials, metric, mode, selection=selection)
+    labels = [lab for lab in _ordered_labels(trials, metric, mode, selection)
+              if lab in set(best["label"])]
     n = max(len(labels), 1)
+    n_exp = int(matrix[EVAL_EXP].nunique()) if len(matrix) else 1
     # Four heatmaps side by side stay readable up to ~6 experiences; beyond that, two per row.
-    ncols = min(n, 4 if int(matrix["eval_exp"].nunique() if len(matrix) else 1) <= 6 else 2)
+    ncols = min(n, 4 if n_exp <= 6 else 2)
     nrows = math.ceil(n / ncols)
-    n_exp = int(matrix["eval_exp"].nunique()) if len(matrix) else 1
     side = max(2.6, 0.55 * n_exp + 0.9)
-    fig = _new_figure(side * ncols + 1.0, side * nrows + 0.9)
+    fig = _new_figure(side * ncols + 1.0, side * nrows + 1.1)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     image = None
     for index, ax in enumerate(axes.ravel()):
@@ -251,39 +379,44 @@ def plot_accuracy_matrices(trials: pd.DataFrame, matrix: pd.DataFrame,
             continue
         label = labels[index]
         runs = best[best["label"] == label]
-        table = mean_accuracy_matrix(matrix, runs)
+        table = mean_accuracy_matrix(matrix, runs, split=split)
         if table.empty:
-            _empty(ax, f"{label}: no matrix rows")
+            _empty(ax, f"{label}: no {word} matrix rows")
             continue
         seeds = len(runs)
         image = _draw_heatmap(ax, table, f"{label}\n(mean of {seeds} seed{'s' * (seeds > 1)})")
         ax.title.set_color(arm_colors(labels)[label])
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8,
-                     label=f"accuracy ({_unit(matrix['accuracy'])})")
-    _suptitle(fig, f"Accuracy matrices of each arm's best config (by {metric})",
-              _exclusion_note(trials, metric))
+                     label=f"{word} accuracy ({_unit(matrix[ACCURACY])})")
+    note = _exclusion_note(trials, metric)
+    _suptitle(fig, f"{word.capitalize()} accuracy matrices of each arm's config",
+              _config_phrase(selection, metric, mode) + (f"\n{note}" if note else ""))
     return fig
 
 
 def plot_avg_accuracy_curves(trials: pd.DataFrame, matrix: pd.DataFrame,
-                             metric: str = "final_avg_accuracy", mode: str = "max",
-                             ax: Axes | None = None) -> Figure:
-    """Average accuracy on the experiences seen so far, after each experience, per arm.
+                             metric: str = DEFAULT_METRIC, mode: str = "max",
+                             ax: Axes | None = None, split: str = TEST,
+                             selection: pd.DataFrame | None = None) -> Figure:
+    """Average accuracy on ``split`` over the experiences seen so far, after each experience,
+    per arm.
 
-    One line per arm (its best config): the mean over seeds, with a band of ±1 standard deviation
-    when there are several seeds.
+    One line per arm (its chosen config, or best without ``selection``): the mean over seeds,
+    with a band of ±1 standard deviation when there are several seeds.
     """
-    best = best_trials(trials, metric, mode)
-    curves = average_accuracy_per_experience(select_runs(matrix, best))
+    word = _split_word(split)
+    best = best_trials(trials, metric, mode, selection=selection)
+    curves = average_accuracy_per_experience(select_runs(matrix_split(matrix, split), best),
+                                             split=split)
     fig, ax = _figure_and_axes(ax, 7.5, 4.8)
     colors = _colors_for(trials)
-    percent = accuracy_is_percent(curves["avg_accuracy"]) if len(curves) else False
-    for label in _ordered_labels(trials, metric, mode):
+    percent = accuracy_is_percent(curves[AVG_ACCURACY]) if len(curves) else False
+    for label in _ordered_labels(trials, metric, mode, selection):
         rows = curves[curves["label"] == label]
         if rows.empty:
             continue
-        stats = rows.groupby("trained_exp")["avg_accuracy"].agg(["mean", "std", "count"])
+        stats = rows.groupby(TRAINED_EXP)[AVG_ACCURACY].agg(["mean", "std", "count"])
         n_seeds = int(stats["count"].max())
         x = stats.index.to_numpy()
         ax.plot(x, stats["mean"], marker="o", color=colors[label], linewidth=2,
@@ -293,51 +426,56 @@ def plot_avg_accuracy_curves(trials: pd.DataFrame, matrix: pd.DataFrame,
             ax.fill_between(x, stats["mean"] - spread, stats["mean"] + spread,
                             color=colors[label], alpha=0.2, linewidth=0)
     if curves.empty:
-        _empty(ax, "no completed trial with an accuracy matrix")
+        _empty(ax, f"no completed trial with a {word} accuracy matrix")
     else:
-        _integer_ticks(ax, sorted(curves["trained_exp"].unique()))
+        _integer_ticks(ax, sorted(curves[TRAINED_EXP].unique()))
         ax.set_ylim(0, 105 if percent else 1.05)
-        ax.legend(title="arm (best config)", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+        ax.legend(title=_legend_title(selection), loc="upper left", bbox_to_anchor=(1.01, 1.0),
                   fontsize=9)
         ax.grid(alpha=0.3)
     ax.set_xlabel("last trained experience")
-    ax.set_ylabel(f"average accuracy on seen experiences ({'%' if percent else '0–1'})")
+    ax.set_ylabel(f"{word} average accuracy on seen experiences ({'%' if percent else '0–1'})")
     note = _exclusion_note(trials, metric)
     spread = ("band: ±1 std over seeds" if _max_seeds(best) > 1
               else "one seed per arm: no spread shown")
-    ax.set_title("Average accuracy after each experience\n"
-                 f"best config per arm by {metric}; {spread}"
+    ax.set_title(f"Average {word} accuracy after each experience\n"
+                 f"{_config_phrase(selection, metric, mode)}\n{spread}"
                  + (f"\n{note}" if note else ""), fontsize=11)
     return fig
 
 
 def plot_forgetting(trials: pd.DataFrame, matrix: pd.DataFrame,
-                    metric: str = "final_avg_accuracy", mode: str = "max",
-                    ax: Axes | None = None) -> Figure:
-    """Forgetting of each experience at the end of training, per arm (grouped bars).
+                    metric: str = DEFAULT_METRIC, mode: str = "max",
+                    ax: Axes | None = None, split: str = TEST,
+                    selection: pd.DataFrame | None = None) -> Figure:
+    """Forgetting of each experience (on ``split``) at the end of training, per arm (grouped
+    bars).
 
     Forgetting of experience j: its best accuracy after learning it minus its final accuracy. Bars
-    show the mean over the best config's seeds, error bars ±1 std; the last group is the mean over
-    experiences (the trial's average forgetting).
+    show the mean over the seeds of the arm's config (chosen, or best without ``selection``),
+    error bars ±1 std; the last group is the mean over experiences (the trial's average
+    forgetting).
     """
-    best = best_trials(trials, metric, mode)
-    table = forgetting_per_experience(select_runs(matrix, best))
+    word = _split_word(split)
+    matrix = matrix_split(matrix, split)
+    best = best_trials(trials, metric, mode, selection=selection)
+    table = forgetting_per_experience(select_runs(matrix, best), split=split)
     fig, ax = _figure_and_axes(ax, 8.0, 4.8)
     colors = _colors_for(trials)
-    labels = [lab for lab in _ordered_labels(trials, metric, mode)
+    labels = [lab for lab in _ordered_labels(trials, metric, mode, selection)
               if lab in set(table.get("label", pd.Series(dtype=str)))]
     if table.empty or not labels:
         _empty(ax, "no forgetting to show (fewer than two experiences?)")
     else:
-        keys = [c for c in ("study", "trial_id", "trial_key", "seed") if c in table.columns]
+        keys = run_keys(table)
         per_run_mean = (table.groupby([*keys, "label"], dropna=False)["forgetting"].mean()
-                        .reset_index().assign(eval_exp="mean"))
-        full = pd.concat([table.assign(eval_exp=table["eval_exp"].astype(int).astype(str)),
+                        .reset_index().assign(**{EVAL_EXP: "mean"}))
+        full = pd.concat([table.assign(**{EVAL_EXP: table[EVAL_EXP].astype(int).astype(str)}),
                           per_run_mean], ignore_index=True)
-        groups = [str(e) for e in sorted(table["eval_exp"].unique())] + ["mean"]
+        groups = [str(e) for e in sorted(table[EVAL_EXP].unique())] + ["mean"]
         width = 0.8 / len(labels)
         for k, label in enumerate(labels):
-            stats = (full[full["label"] == label].groupby("eval_exp")["forgetting"]
+            stats = (full[full["label"] == label].groupby(EVAL_EXP)["forgetting"]
                      .agg(["mean", "std"]).reindex(groups))
             positions = np.arange(len(groups)) - 0.4 + width * (k + 0.5)
             # One seed has no spread: no error bar rather than a misleading zero-length one.
@@ -349,39 +487,70 @@ def plot_forgetting(trials: pd.DataFrame, matrix: pd.DataFrame,
         ax.axvline(len(groups) - 1.5, color="0.6", linewidth=0.8, linestyle=":")
         ax.axhline(0.0, color="black", linewidth=0.8)
         # Outside the axes: tall bars would hide behind a legend anywhere inside.
-        ax.legend(title="arm (best config)", fontsize=9, loc="upper left",
+        ax.legend(title=_legend_title(selection), fontsize=9, loc="upper left",
                   bbox_to_anchor=(1.01, 1.0))
         ax.grid(axis="y", alpha=0.3)
     ax.set_xlabel("experience (forgetting measured after the last one)")
-    unit = _unit(matrix["accuracy"]) if len(matrix) else "0–1"
-    ax.set_ylabel(f"forgetting: best past − final accuracy ({unit})")
+    unit = _unit(matrix[ACCURACY]) if len(matrix) else "0–1"
+    ax.set_ylabel(f"{word} forgetting: best past − final accuracy ({unit})")
     note = _exclusion_note(trials, metric)
     spread = ("error bars: ±1 std over seeds" if _max_seeds(best) > 1
               else "one seed per arm: no spread shown")
-    ax.set_title("Forgetting per experience at the end of training\n"
-                 f"best config per arm by {metric}; {spread}"
+    ax.set_title(f"Forgetting per experience at the end of training ({word} split)\n"
+                 f"{_config_phrase(selection, metric, mode)}\n{spread}"
                  + (f"\n{note}" if note else ""), fontsize=11)
     return fig
 
 
-def plot_sensitivity(trials: pd.DataFrame, metric: str = "final_avg_accuracy",
-                     mode: str = "max", params: Sequence[str] | None = None) -> Figure:
-    """The metric against each searched parameter, one panel per parameter, arms by colour.
+def _stars(trials: pd.DataFrame, search: pd.DataFrame, configs: pd.DataFrame, metric: str,
+           mode: str, selection: pd.DataFrame | None) -> dict[str, tuple[dict[str, Any], float]]:
+    """Per arm label: the config the star marks (chosen, else best by ``metric`` among the
+    search trials) and its mean ``metric`` over its search runs."""
+    stars: dict[str, tuple[dict[str, Any], float]] = {}
+    selected: set[str] = set()
+    if _has_rows(selection):
+        assert selection is not None
+        chosen = chosen_configs(selection)
+        labels = _labels_like(trials, selection)
+        selected = set(labels)
+        for label, row in zip(labels, selection.to_dict("records"), strict=True):
+            config = chosen[(str(row.get(STUDY, "")), str(row[ARM]))]
+            rows = configs[configs["label"] == label]
+            match = rows[_same_config(rows, config, param_columns(rows))] if config else None
+            if match is not None and len(match):
+                stars[label] = (config, float(match["mean"].iloc[0]))
+    table = summary(search, metric, mode)
+    for label, row in zip(_labels_like(trials, table), table.to_dict("records"), strict=True):
+        # An arm the study chose for keeps its choice, even where no search run of it is left.
+        if label not in selected and row["best_config"]:
+            stars[label] = (row["best_config"], float(row["mean"]))
+    return stars
 
-    Faint dots are single trials; large markers are configs (mean over seeds, ±1 std); a star marks
-    each arm's best config. Arms that search nothing (a naive baseline) appear as a dashed line at
-    their mean. The x-axis is logarithmic where :func:`infer_log_scale` says so.
+
+def plot_sensitivity(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
+                     mode: str = "max", params: Sequence[str] | None = None,
+                     selection: pd.DataFrame | None = None) -> Figure:
+    """The metric of the search trials against each searched parameter, one panel per
+    parameter, arms by colour.
+
+    Only search-phase trials are drawn (the figure describes the search); ``metric`` defaults to
+    the test split's final average accuracy and the axis names the split. Faint dots are single
+    trials; large markers are configs (mean over seeds, ±1 std); a star marks each arm's config:
+    the one the study chose (``selection``), else the best by ``metric``. Arms that search nothing
+    (a naive baseline) appear as a dashed line at their mean. The x-axis is logarithmic where
+    :func:`infer_log_scale` says so.
     """
-    done = completed_trials(trials, metric).copy()
+    trials = trials.reset_index(drop=True)
+    search = search_trials(trials)
+    done = completed_per_phase(search, metric).copy()
     done["label"] = arm_labels(trials).loc[done.index]
-    columns = [c if c.startswith(PARAM_PREFIX) else PARAM_PREFIX + c for c in params] if params \
+    columns = [c if is_param_column(c) else param_column(c) for c in params] if params \
         else param_columns(done)
     colors = _colors_for(trials)
-    order = _ordered_labels(trials, metric, mode)
-    configs = config_table(trials, metric)
-    configs["label"] = arm_labels(configs)
-    table = summary(trials, metric, mode)
-    table["label"] = arm_labels(table)
+    order = _ordered_labels(trials, metric, mode, selection)
+    configs = config_table(search, metric)
+    configs["label"] = _labels_like(trials, configs)
+    stars = _stars(trials, search, configs, metric, mode, selection)
     ncols = min(max(len(columns), 1), 3)
     nrows = max(math.ceil(len(columns) / ncols), 1)
     fig = _new_figure(4.6 * ncols + 0.4, 3.8 * nrows + 1.2)
@@ -392,7 +561,7 @@ def plot_sensitivity(trials: pd.DataFrame, metric: str = "final_avg_accuracy",
     baselines = [lab for lab in order if lab in set(done["label"]) and not any(
         done.loc[done["label"] == lab, c].notna().any() for c in param_columns(done))]
     for ax, column in zip(axes, columns, strict=False):
-        name = column[len(PARAM_PREFIX):]
+        name = param_name(column)
         present = done[done[column].notna()] if column in done.columns else done.iloc[:0]
         if present.empty:
             _empty(ax, f"{name}: no completed trial")
@@ -423,10 +592,9 @@ def plot_sensitivity(trials: pd.DataFrame, metric: str = "final_avg_accuracy",
                                  yerr=arm_configs["std"].fillna(0.0), fmt="o", color=color,
                                  markersize=6, capsize=2, elinewidth=0.8, label=label)
             handles.setdefault(label, handle)
-            best = table[table["label"] == label]["best_config"].iloc[0]
-            if best and name in best:
+            best, best_y = stars.get(label, ({}, math.nan))
+            if name in best:
                 best_x = to_x(pd.Series([best[name]]))[0] + jitter
-                best_y = table[table["label"] == label]["mean"].iloc[0]
                 ax.scatter([best_x], [best_y], marker="*", s=220, color=color,
                            edgecolors="black", linewidths=0.8, zorder=5)
         for label in baselines:
@@ -459,27 +627,35 @@ def plot_sensitivity(trials: pd.DataFrame, metric: str = "final_avg_accuracy",
 
         # The star in the legend is neutral: its colour in a panel is the arm's.
         handles = _in_order(handles, order)
-        handles["best config of each arm"] = Line2D(
+        star = ("chosen config of each arm" if _has_rows(selection)
+                else "best config of each arm")
+        handles[star] = Line2D(
             [], [], marker="*", markersize=13, linestyle="none", markerfacecolor="white",
             markeredgecolor="black")
         fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
                    ncols=min(len(handles), 6), fontsize=9)
-    _suptitle(fig, f"Sensitivity of {metric} to each searched parameter",
+    _suptitle(fig, f"Sensitivity of {metric_name(metric)} ({metric}) to each searched "
+              "parameter, search trials",
               ("dots: trials; circles: configs (mean ± std over seeds)"
-               if configs["n_seeds"].max() > 1 else "one point per config (one seed each)")
-              + (f"; {note}" if (note := _exclusion_note(trials, metric)) else ""))
+               if len(configs) and configs["n_seeds"].max() > 1
+               else "one point per config (one seed each)")
+              + (f"; {note}" if (note := _exclusion_note(search, metric)) else ""))
     return fig
 
 
-def plot_cost(trials: pd.DataFrame, metric: str = "final_avg_accuracy",
+def plot_cost(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
               mode: str = "max") -> Figure:
     """The metric against training time and against peak memory, Pareto front marked.
 
-    One dot per completed trial, coloured by arm. Outlined dots joined by a black step line are
-    the Pareto front: no other trial is both cheaper and at least as good. A cost the study did
-    not record (e.g. ``peak_memory_mb`` on CPU) gets no panel; the subtitle says so.
+    One dot per completed search-phase trial (the figure describes the search), coloured by arm;
+    ``metric`` defaults to the test split's final average accuracy and the axis names the split.
+    Outlined dots joined by a black step line are the Pareto front: no other trial is both
+    cheaper and at least as good. A cost the study did not record (e.g. ``peak_memory_mb`` on
+    CPU) gets no panel; the subtitle says so.
     """
-    done = completed_trials(trials, metric).copy()
+    trials = trials.reset_index(drop=True)
+    search = search_trials(trials)
+    done = completed_per_phase(search, metric).copy()
     done["label"] = arm_labels(trials).loc[done.index]
     colors = _colors_for(trials)
     order = _ordered_labels(trials, metric, mode)
@@ -510,7 +686,7 @@ def plot_cost(trials: pd.DataFrame, metric: str = "final_avg_accuracy",
             ax.set_xscale("log")
         ax.set_xlabel(cost_label)
         ax.set_ylabel(metric_label(metric, done[metric]))
-        ax.set_title(f"{_METRIC_NAMES.get(metric, metric)} vs {cost_label}")
+        ax.set_title(f"{metric_name(metric)} vs {cost_label}")
         ax.grid(alpha=0.3)
     if handles:
         handles = _in_order(handles, order)
@@ -518,22 +694,27 @@ def plot_cost(trials: pd.DataFrame, metric: str = "final_avg_accuracy",
                    ncols=min(len(handles), 6), fontsize=9)
     direction = "higher" if mode == "max" else "lower"
     notes = [f"{lab} not recorded by this study" for lab in missing]
-    if note := _exclusion_note(trials, metric):
+    if note := _exclusion_note(search, metric):
         notes.append(note)
-    _suptitle(fig, f"Cost of each trial: {metric} ({direction} is better) vs training cost",
-              "; ".join(notes))
+    _suptitle(fig, f"Cost of each search trial: {metric} ({direction} is better) vs training "
+              "cost", "; ".join(notes))
     return fig
 
 
 def study_figures(trials: pd.DataFrame, matrix: pd.DataFrame,
-                  metric: str = "final_avg_accuracy", mode: str = "max") -> dict[str, Figure]:
-    """Every figure of the report, by file stem: accuracy_matrices, avg_accuracy, forgetting,
-    sensitivity and cost."""
+                  metric: str = DEFAULT_METRIC, mode: str = "max", split: str = TEST,
+                  selection: pd.DataFrame | None = None) -> dict[str, Figure]:
+    """Every figure of the report, by file stem: accuracy_matrices, avg_accuracy, forgetting
+    (on ``split``, each arm's config chosen in ``selection`` when given), sensitivity and cost
+    (the search trials)."""
     return {
-        "accuracy_matrices": plot_accuracy_matrices(trials, matrix, metric, mode),
-        "avg_accuracy": plot_avg_accuracy_curves(trials, matrix, metric, mode),
-        "forgetting": plot_forgetting(trials, matrix, metric, mode),
-        "sensitivity": plot_sensitivity(trials, metric, mode),
+        "accuracy_matrices": plot_accuracy_matrices(trials, matrix, metric, mode, split=split,
+                                                    selection=selection),
+        "avg_accuracy": plot_avg_accuracy_curves(trials, matrix, metric, mode, split=split,
+                                                 selection=selection),
+        "forgetting": plot_forgetting(trials, matrix, metric, mode, split=split,
+                                      selection=selection),
+        "sensitivity": plot_sensitivity(trials, metric, mode, selection=selection),
         "cost": plot_cost(trials, metric, mode),
     }
 

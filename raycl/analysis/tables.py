@@ -1,37 +1,105 @@
-"""Tables computed from a study's results: summaries, best configurations, derived metrics.
+"""Tables computed from a study's results: summaries, chosen configs, derived metrics.
 
 Conventions shared by every function here:
 
-- A *run* is one training run: one (study, trial_id, seed) (plus ``trial_key`` where present),
-  so a trial that trains several seeds still yields one run per seed.
-- A *config* is one point of an arm's search space: the values of the ``param_<name>`` columns
-  that arm sets. A config's score is the mean of the metric over its seeds.
-- Only TERMINATED trials that ran every experience count as results; ERROR trials (and trials a
-  scheduler stopped early) are counted, never plotted or ranked.
+- A *run* is one training run: one (study, trial_id, seed) (plus ``trial_key`` and ``phase``
+  where present), so a trial that trains several seeds still yields one run per seed.
+- Configs, completed trials and the best config of an arm are as :mod:`raycl.study.selection`
+  defines them (the study's own table uses the same code); they are re-exported here.
+- Accuracy metrics are read on the test split by default (``test_final_avg_accuracy``):
+  reported figures are measured there. Functions of the accuracy matrix take ``split``
+  (``"test"`` or ``"valid"``) and use only that split's rows.
+- *The config of an arm* is the one the study chose (``selection.parquet``, passed as
+  ``selection``): chosen on the validation split, so the test figures shown for it are not the
+  ones it was chosen on. Without a selection table it is the best config by ``metric`` among the
+  search-phase trials.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-PARAM_PREFIX = "param_"
-_KEY_CANDIDATES = ("study", "trial_id", "trial_key", "seed")
+from raycl.study import selection as _selection
+from raycl.study.schema import (
+    ACCURACY,
+    ARM,
+    AVG_ACCURACY,
+    CHOSEN_CONFIG,
+    EVAL_EXP,
+    FINAL_AVG_ACCURACY,
+    PHASE,
+    REPORTED_PHASE,
+    SEARCH,
+    SEED,
+    SPLIT,
+    SPLITS,
+    STUDY,
+    TEST,
+    TRAINED_EXP,
+    TRIAL_ID,
+    TRIAL_KEY,
+    TUNE,
+    is_param_column,
+    param_column,
+    param_name,
+    split_column,
+)
+from raycl.study.selection import (
+    check_mode,
+    completed_trials,
+    format_config,
+    format_value,
+    param_columns,
+    require_columns,
+)
+
+__all__ = ["DEFAULT_METRIC", "SEARCH_PHASES", "accuracy_matrix", "arm_labels",
+           "average_accuracy_per_experience", "best_trials", "chosen_configs",
+           "completed_per_phase", "completed_trials", "config_table",
+           "forgetting_per_experience", "format_config", "format_value", "higher_is_better",
+           "matrix_split",
+           "mean_accuracy_matrix", "param_columns", "pareto_front", "run_keys",
+           "search_trials", "select_runs", "summary"]
+
+#: The metric figures and tables rank and show by default: final average accuracy on the test
+#: split.
+DEFAULT_METRIC = split_column(TEST, FINAL_AVG_ACCURACY)
+#: The phases whose trials are a study's search (configs tried, one per point of the space):
+#: ``search``, and ``tune`` of the two-phase protocols.
+SEARCH_PHASES: tuple[str, ...] = (SEARCH, TUNE)
+
+_KEY_CANDIDATES = (STUDY, TRIAL_ID, TRIAL_KEY, PHASE, SEED)
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of the metric column is better: true but for forgetting and
+    losses (how a reported figure, whose study's mode the selection table does not record, is
+    ranked)."""
+    return not any(word in metric for word in ("forgetting", "loss"))
 
 
-def _require(frame: pd.DataFrame, columns: Sequence[str], table: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{table} table lacks column(s) {missing}; it has {list(frame.columns)}")
+def summary(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
+            mode: str = "max") -> pd.DataFrame:
+    """Per arm: the best config by ``metric`` (default: the test split's final average accuracy)
+    and its mean and std over seeds, as :func:`raycl.study.selection.summary` computes it.
+
+    It ranks every row it is given: pass :func:`search_trials` to rank the search only (a
+    study's own choice is in ``selection.parquet``).
+    """
+    return _selection.summary(trials, metric=metric, mode=mode)
+
+
+def config_table(trials: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
+    """One row per (study, arm, config) of completed trials: mean, std and count of ``metric``
+    (default: the test split's final average accuracy) over seeds, as
+    :func:`raycl.study.selection.config_table` computes it."""
+    return _selection.config_table(trials, metric=metric)
 
 
 def run_keys(*frames: pd.DataFrame) -> list[str]:
@@ -39,171 +107,157 @@ def run_keys(*frames: pd.DataFrame) -> list[str]:
     return [c for c in _KEY_CANDIDATES if all(c in f.columns for f in frames)]
 
 
-def param_columns(trials: pd.DataFrame) -> list[str]:
-    """The ``param_<name>`` columns that are set (non-missing) for at least one trial."""
-    return [c for c in trials.columns
-            if c.startswith(PARAM_PREFIX) and trials[c].notna().any()]
-
-
 def arm_labels(frame: pd.DataFrame) -> pd.Series:
     """Each row's arm label: the arm name, or ``study:arm`` when several studies are mixed."""
-    if "study" in frame.columns and frame["study"].nunique(dropna=True) > 1:
-        return frame["study"].astype(str) + ":" + frame["arm"].astype(str)
-    return frame["arm"].astype(str)
+    if STUDY in frame.columns and frame[STUDY].nunique(dropna=True) > 1:
+        return frame[STUDY].astype(str) + ":" + frame[ARM].astype(str)
+    return frame[ARM].astype(str)
 
 
-def _python_value(value: Any) -> Any:
+def search_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials of the search (phases :data:`SEARCH_PHASES`), index kept.
+
+    A table without a ``phase`` column (written by hand) is all search.
+    """
+    if PHASE not in trials.columns:
+        return trials
+    return trials[trials[PHASE].isin(SEARCH_PHASES)]
+
+
+def completed_per_phase(trials: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """:func:`completed_trials` of each phase on its own, index kept.
+
+    Phases train different lengths (``tune`` trials see the first experiences only), so "ran as
+    many experiences as the longest trial" is judged within a phase.
+    """
+    if PHASE not in trials.columns or trials[PHASE].nunique(dropna=False) <= 1:
+        return completed_trials(trials, metric)
+    parts = [completed_trials(group, metric)
+             for _, group in trials.groupby(trials[PHASE].fillna(""), sort=False)]
+    return pd.concat(parts).sort_index()
+
+
+def _config_from_json(text: Any) -> dict[str, Any] | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def chosen_configs(selection: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each arm's chosen config from a selection table: ``(study, arm) -> {name: value}``.
+
+    The config is read from the table's ``param_<name>`` columns (the values the trials table
+    holds), or from the ``chosen_config`` JSON when the row sets none. An arm whose chosen config
+    is not one point of the space (a per-experience schedule, a JSON list) maps to ``{}``.
+    """
+    params = [c for c in selection.columns if is_param_column(c)]
+    result: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in selection.to_dict("records"):
+        config = {param_name(c): _plain(row[c]) for c in params if not _is_missing(row[c])}
+        if not config:
+            config = _config_from_json(row.get(CHOSEN_CONFIG)) or {}
+        result[(str(row.get(STUDY, "")), str(row[ARM]))] = config
+    return result
+
+
+def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def format_value(value: Any) -> str:
-    """A parameter value for display: 4 significant digits for floats, as-is otherwise."""
-    value = _python_value(value)
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def format_config(config: Mapping[str, Any] | None) -> str:
-    """``name=value, ...`` for a config dict; "-" when there is none (no parameters, no result)."""
-    if config is None:
-        return "-"
-    if not config:
-        return "(no parameters)"
-    return ", ".join(f"{k}={format_value(v)}" for k, v in config.items())
-
-
-def completed_trials(trials: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
-    """TERMINATED trials that ran as many experiences as their study's longest trial.
-
-    With ``metric``, trials whose metric is missing are dropped too. A scheduler such as ASHA
-    ends poor trials early with status TERMINATED; their final metrics cover fewer experiences
-    and would not compare with full runs, so they are left out here.
-    """
-    _require(trials, ["status"], "trials")
-    done = trials[trials["status"] == "TERMINATED"]
-    if metric is not None:
-        _require(trials, [metric], "trials")
-        done = done[done[metric].notna()]
-    if "experiences_done" in done.columns and done["experiences_done"].notna().any():
-        group = done["study"] if "study" in done.columns else pd.Series(0, index=done.index)
-        longest = done.groupby(group)["experiences_done"].transform("max")
-        done = done[done["experiences_done"] >= longest]
-    return done
-
-
-def config_table(trials: pd.DataFrame, metric: str = "final_avg_accuracy") -> pd.DataFrame:
-    """One row per (study, arm, config) of completed trials: mean, std and count over seeds.
-
-    Columns: study, arm, the arm's ``param_<name>`` columns, ``mean``, ``std`` (sample standard
-    deviation, NaN with one seed), ``n_seeds``.
-    """
-    _require(trials, ["arm", metric], "trials")
-    done = completed_trials(trials, metric)
-    parts = []
-    for (study, arm), group in done.groupby(_study_arm_keys(done), sort=True, dropna=False):
-        params = param_columns(group)
-        if params:
-            stats = group.groupby(params, dropna=False, sort=True)[metric].agg(
-                mean="mean", std="std", n_seeds="count").reset_index()
+def _same_config(frame: pd.DataFrame, config: Mapping[str, Any],
+                 params: list[str]) -> pd.Series:
+    """Rows of ``frame`` whose ``params`` columns hold ``config`` (missing where it lacks one)."""
+    mask = pd.Series(True, index=frame.index)
+    for column in params:
+        name = param_name(column)
+        values = frame[column]
+        if name not in config or _is_missing(config[name]):
+            mask &= values.isna()
+        elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) \
+                and isinstance(config[name], (int, float)) and not isinstance(config[name], bool):
+            # Parquet round trips keep floats exact; isclose only forgives a JSON re-encoding.
+            mask &= pd.Series(np.isclose(values.to_numpy(dtype=float), float(config[name]),
+                                         rtol=1e-9, atol=0.0), index=frame.index)
         else:
-            stats = pd.DataFrame({"mean": [group[metric].mean()], "std": [group[metric].std()],
-                                  "n_seeds": [int(group[metric].count())]})
-        stats.insert(0, "arm", arm)
-        stats.insert(0, "study", study)
-        parts.append(stats)
-    if not parts:
-        return pd.DataFrame(columns=["study", "arm", "mean", "std", "n_seeds"])
-    return pd.concat(parts, ignore_index=True)
+            mask &= values.astype(object) == config[name]
+    return mask
 
 
-def _study_arm_keys(frame: pd.DataFrame) -> list[Any]:
-    study = frame["study"] if "study" in frame.columns else pd.Series("", index=frame.index)
-    return [study, frame["arm"]]
+_KEY_SEPARATOR = "\x1f"  # cannot occur in a study or arm name
 
 
-def _best_config_row(configs: pd.DataFrame, mode: str) -> pd.Series | None:
-    if configs.empty or configs["mean"].notna().sum() == 0:
-        return None
-    # Ties go to the config with more seeds (more evidence), then to the first in sorted order.
-    ranked = configs.assign(_neg_n=-configs["n_seeds"]).sort_values(
-        ["mean", "_neg_n"], ascending=[mode == "min", True], kind="stable")
-    return ranked.iloc[0]
+def _arm_key(study: Any, arm: Any, with_study: bool) -> str:
+    return f"{study if with_study else ''}{_KEY_SEPARATOR}{arm}"
 
 
-def _config_of(row: pd.Series, params: Sequence[str]) -> dict[str, Any]:
-    return {p[len(PARAM_PREFIX):]: _python_value(row[p]) for p in params}
+def _arm_keys(frame: pd.DataFrame, with_study: bool) -> pd.Series:
+    """Each row's study and arm as one string (the study left out when ``with_study`` is
+    false)."""
+    study = frame[STUDY].astype(str) if with_study else ""
+    return study + _KEY_SEPARATOR + frame[ARM].astype(str)
 
 
-def summary(trials: pd.DataFrame, metric: str = "final_avg_accuracy",
-            mode: str = "max") -> pd.DataFrame:
-    """Per arm: the best config, the metric's mean and std over its seeds, trial counts.
+def best_trials(trials: pd.DataFrame, metric: str = DEFAULT_METRIC, mode: str = "max",
+                selection: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The completed runs of each arm's config (one row per seed), with a ``label`` column.
 
-    The best config is the one whose mean over seeds is highest (``mode="max"``) or lowest
-    (``"min"``) among completed trials. Columns: ``study``, ``arm``, ``best_config`` (dict of
-    parameter name without the ``param_`` prefix -> value; None when the arm has no result),
-    ``mean``, ``std`` (over the best config's seeds; NaN with one seed), ``n_seeds``,
-    ``n_configs`` (configs with a result), ``n_trials`` (all rows), ``n_errored`` (status ERROR),
-    ``n_stopped`` (TERMINATED but not completed, e.g. stopped early by a scheduler). Rows are sorted
-    best arm first within each study; ``attrs`` records the metric and mode.
+    With a ``selection`` table (``StudyResults.selection``) the config of an arm is the one the
+    study chose, and the runs are those of its reported phase (``reported_phase``: the
+    confirmation or final runs, so that their test figures are not the ones the config was
+    chosen on); in a search phase, only the runs of the chosen config (also when the reported
+    phase has no completed run, e.g. a study stopped before it). Arms the selection table
+    lacks (and every arm without one) get the best config by ``metric``/``mode`` among the
+    search-phase trials (:func:`summary`), and its search runs.
     """
-    _check_mode(mode)
-    _require(trials, ["arm", "status", metric], "trials")
+    check_mode(mode)
     trials = trials.reset_index(drop=True)
-    configs = config_table(trials, metric)
-    done = completed_trials(trials, metric)
-    rows = []
-    for (study, arm), group in trials.groupby(_study_arm_keys(trials), sort=True, dropna=False):
-        arm_configs = configs[(configs["study"] == study) & (configs["arm"] == arm)]
-        params = [c for c in arm_configs.columns
-                  if c.startswith(PARAM_PREFIX) and arm_configs[c].notna().any()]
-        best = _best_config_row(arm_configs, mode)
-        n_errored = int((group["status"] == "ERROR").sum())
-        n_done = int(group.index.isin(done.index).sum())
-        rows.append({
-            "study": study,
-            "arm": arm,
-            "best_config": None if best is None else _config_of(best, params),
-            "mean": math.nan if best is None else float(best["mean"]),
-            "std": math.nan if best is None else float(best["std"]),
-            "n_seeds": 0 if best is None else int(best["n_seeds"]),
-            "n_configs": int(len(arm_configs)),
-            "n_trials": int(len(group)),
-            "n_errored": n_errored,
-            "n_stopped": int(((group["status"] == "TERMINATED").sum()) - n_done),
-        })
-    table = pd.DataFrame(rows, columns=["study", "arm", "best_config", "mean", "std", "n_seeds",
-                                        "n_configs", "n_trials", "n_errored", "n_stopped"])
-    table = table.sort_values(["study", "mean"], ascending=[True, mode == "min"],
-                              na_position="last", kind="stable").reset_index(drop=True)
-    table.attrs.update(metric=metric, mode=mode)
-    return table
-
-
-def best_trials(trials: pd.DataFrame, metric: str = "final_avg_accuracy",
-                mode: str = "max") -> pd.DataFrame:
-    """The completed trials (one per seed) of each arm's best config, with a ``label`` column."""
-    trials = trials.reset_index(drop=True)
-    table = summary(trials, metric, mode)
-    done = completed_trials(trials, metric)
+    require_columns(trials, [ARM, metric], "trials")
+    done = completed_per_phase(trials, metric)
+    searched = pd.Series(done.index.isin(search_trials(done).index), index=done.index)
+    has_selection = selection is not None and len(selection) > 0
+    with_study = STUDY in trials.columns and (not has_selection or STUDY in selection.columns)
+    keys = _arm_keys(done, with_study)
     keep = pd.Series(False, index=done.index)
-    for row in table.itertuples(index=False):
-        if row.best_config is None:
+    chosen: dict[str, dict[str, Any]] = {}
+    if has_selection:
+        assert selection is not None
+        configs = chosen_configs(selection)
+        for row in selection.to_dict("records"):
+            key = _arm_key(row.get(STUDY), row[ARM], with_study)
+            chosen[key] = configs[(str(row.get(STUDY, "")), str(row[ARM]))]
+            phase = row.get(REPORTED_PHASE)
+            phase = SEARCH if _is_missing(phase) else str(phase)
+            arm = keys == key
+            rows = arm & (done[PHASE] == phase) if PHASE in done.columns else arm
+            if PHASE in done.columns and not rows.any():
+                # Stopped before its reported phase ran: the chosen config's search runs.
+                phase, rows = SEARCH, arm & searched
+            if phase in SEARCH_PHASES or PHASE not in done.columns:
+                # Only a search phase ran other configs than the chosen one.
+                rows &= _same_config(done, chosen[key], param_columns(done[rows]))
+            keep |= rows
+    table = summary(search_trials(trials), metric, mode)
+    for row in table.to_dict("records"):
+        key = _arm_key(row[STUDY], row[ARM], with_study)
+        if key in chosen or row["best_config"] is None:
             continue
-        mask = done["arm"] == row.arm
-        if "study" in done.columns:
-            mask &= done["study"] == row.study
-        for name, value in row.best_config.items():
-            column = done[PARAM_PREFIX + name]
-            mask &= column.isna() if _is_missing(value) else column == value
-        keep |= mask
+        config = row["best_config"]
+        keep |= (keys == key) & searched & _same_config(
+            done, config, [param_column(name) for name in config])
     result = done[keep].copy()
     result["label"] = arm_labels(trials).loc[result.index]
     return result
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or array is a value, not a missing one
+        return False
 
 
 def select_runs(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -213,82 +267,102 @@ def select_runs(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return frame.merge(runs[keys + extra].drop_duplicates(keys), on=keys, how="inner")
 
 
+def matrix_split(matrix: pd.DataFrame, split: str = TEST) -> pd.DataFrame:
+    """The rows of the long accuracy matrix measured on ``split`` (``"test"`` or ``"valid"``).
+
+    A matrix without a ``split`` column (written by hand, or upgraded from schema version 1) is
+    all test rows. Raises ValueError for another split.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if SPLIT not in matrix.columns:
+        return matrix if split == TEST else matrix.iloc[:0]
+    return matrix[matrix[SPLIT] == split]
+
+
 def accuracy_matrix(matrix: pd.DataFrame, trial_id: str, seed: int | None = None,
-                    value: str = "accuracy") -> pd.DataFrame:
-    """The accuracy matrix of one run: rows ``trained_exp``, columns ``eval_exp``.
+                    value: str = ACCURACY, split: str = TEST) -> pd.DataFrame:
+    """The accuracy matrix of one run on ``split``: rows ``trained_exp``, columns ``eval_exp``.
 
     ``trial_id`` matches the ``trial_id`` column (or ``trial_key``). A trial that trained several
     seeds needs ``seed``. ``value`` picks another column of the long table, e.g. ``"loss"``.
     Raises ValueError when nothing or more than one run matches.
     """
-    _require(matrix, ["trial_id", "trained_exp", "eval_exp", value], "matrix")
-    mask = matrix["trial_id"].astype(str) == str(trial_id)
-    if "trial_key" in matrix.columns:
-        mask |= matrix["trial_key"].astype(str) == str(trial_id)
+    require_columns(matrix, [TRIAL_ID, TRAINED_EXP, EVAL_EXP, value], "matrix")
+    matrix = matrix_split(matrix, split)
+    mask = matrix[TRIAL_ID].astype(str) == str(trial_id)
+    if TRIAL_KEY in matrix.columns:
+        mask |= matrix[TRIAL_KEY].astype(str) == str(trial_id)
     rows = matrix[mask]
-    if seed is not None and "seed" in rows.columns:
-        rows = rows[rows["seed"] == seed]
+    if seed is not None and SEED in rows.columns:
+        rows = rows[rows[SEED] == seed]
     if rows.empty:
         raise ValueError(f"no matrix rows for trial {trial_id!r}"
-                         + ("" if seed is None else f" and seed {seed}"))
+                         + ("" if seed is None else f" and seed {seed}")
+                         + f" on the {split} split")
     keys = run_keys(rows)
     n_runs = len(rows.drop_duplicates(keys)) if keys else 1
     if n_runs > 1:
-        seeds = sorted(rows["seed"].unique().tolist()) if "seed" in rows.columns else []
+        seeds = sorted(rows[SEED].unique().tolist()) if SEED in rows.columns else []
         raise ValueError(f"trial {trial_id!r} holds {n_runs} runs (seeds {seeds}); "
                          "pass seed= or a trial_key")
     # A trial restored from a checkpoint may have re-reported an experience: keep the last.
-    rows = rows.drop_duplicates(["trained_exp", "eval_exp"], keep="last")
-    table = rows.pivot(index="trained_exp", columns="eval_exp", values=value)
+    rows = rows.drop_duplicates([TRAINED_EXP, EVAL_EXP], keep="last")
+    table = rows.pivot(index=TRAINED_EXP, columns=EVAL_EXP, values=value)
     return table.sort_index().sort_index(axis=1).astype(float)
 
 
-def mean_accuracy_matrix(matrix: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """The accuracy matrix averaged over the given runs (rows of trials): trained x eval exp."""
-    rows = select_runs(matrix, runs)
+def mean_accuracy_matrix(matrix: pd.DataFrame, runs: pd.DataFrame,
+                         split: str = TEST) -> pd.DataFrame:
+    """The accuracy matrix on ``split`` averaged over the given runs (rows of trials): trained x
+    eval exp."""
+    rows = select_runs(matrix_split(matrix, split), runs)
     if rows.empty:
         return pd.DataFrame(dtype=float)
     keys = run_keys(rows)
-    rows = rows.drop_duplicates([*keys, "trained_exp", "eval_exp"], keep="last")
-    table = rows.pivot_table(index="trained_exp", columns="eval_exp", values="accuracy",
+    rows = rows.drop_duplicates([*keys, TRAINED_EXP, EVAL_EXP], keep="last")
+    table = rows.pivot_table(index=TRAINED_EXP, columns=EVAL_EXP, values=ACCURACY,
                              aggfunc="mean")
     return table.sort_index().sort_index(axis=1).astype(float)
 
 
-def average_accuracy_per_experience(matrix: pd.DataFrame) -> pd.DataFrame:
-    """Per run and trained experience t: the mean accuracy over experiences 0..t (seen so far).
+def average_accuracy_per_experience(matrix: pd.DataFrame, split: str = TEST) -> pd.DataFrame:
+    """Per run and trained experience t: the mean accuracy on ``split`` over experiences 0..t
+    (seen so far).
 
     Columns: the run keys, any ``label``, ``trained_exp``, ``avg_accuracy``.
     """
-    _require(matrix, ["trained_exp", "eval_exp", "accuracy"], "matrix")
-    keys = run_keys(matrix) + [c for c in ("arm", "label") if c in matrix.columns]
-    seen = matrix[matrix["eval_exp"] <= matrix["trained_exp"]]
-    seen = seen.drop_duplicates([*keys, "trained_exp", "eval_exp"], keep="last")
-    return (seen.groupby([*keys, "trained_exp"], dropna=False)["accuracy"].mean()
-            .rename("avg_accuracy").reset_index())
+    require_columns(matrix, [TRAINED_EXP, EVAL_EXP, ACCURACY], "matrix")
+    matrix = matrix_split(matrix, split)
+    keys = run_keys(matrix) + [c for c in (ARM, "label") if c in matrix.columns]
+    seen = matrix[matrix[EVAL_EXP] <= matrix[TRAINED_EXP]]
+    seen = seen.drop_duplicates([*keys, TRAINED_EXP, EVAL_EXP], keep="last")
+    return (seen.groupby([*keys, TRAINED_EXP], dropna=False)[ACCURACY].mean()
+            .rename(AVG_ACCURACY).reset_index())
 
 
-def forgetting_per_experience(matrix: pd.DataFrame) -> pd.DataFrame:
-    """Per run and experience j: forgetting at the end of training.
+def forgetting_per_experience(matrix: pd.DataFrame, split: str = TEST) -> pd.DataFrame:
+    """Per run and experience j: forgetting on ``split`` at the end of training.
 
     Forgetting of j is the best accuracy on j after learning it and before the last experience,
     minus the accuracy on j after the last experience (Chaudhry et al. 2018, eq. 1 of "Riemannian
     Walk"): ``max_{j <= t < T} A[t, j] - A[T, j]``. The last experience has none and is omitted.
     Columns: the run keys, any ``label``, ``eval_exp``, ``forgetting``.
     """
-    _require(matrix, ["trained_exp", "eval_exp", "accuracy"], "matrix")
-    keys = run_keys(matrix) + [c for c in ("arm", "label") if c in matrix.columns]
-    rows = matrix.drop_duplicates([*keys, "trained_exp", "eval_exp"], keep="last")
-    last = rows.groupby(keys, dropna=False)["trained_exp"].transform("max")
-    final = rows[rows["trained_exp"] == last][[*keys, "eval_exp", "accuracy"]]
-    past = rows[(rows["trained_exp"] >= rows["eval_exp"]) & (rows["trained_exp"] < last)]
-    best = past.groupby([*keys, "eval_exp"], dropna=False)["accuracy"].max().rename("best")
-    merged = final.merge(best.reset_index(), on=[*keys, "eval_exp"], how="inner")
-    merged["forgetting"] = merged["best"] - merged["accuracy"]
-    return merged[[*keys, "eval_exp", "forgetting"]].reset_index(drop=True)
+    require_columns(matrix, [TRAINED_EXP, EVAL_EXP, ACCURACY], "matrix")
+    matrix = matrix_split(matrix, split)
+    keys = run_keys(matrix) + [c for c in (ARM, "label") if c in matrix.columns]
+    rows = matrix.drop_duplicates([*keys, TRAINED_EXP, EVAL_EXP], keep="last")
+    last = rows.groupby(keys, dropna=False)[TRAINED_EXP].transform("max")
+    final = rows[rows[TRAINED_EXP] == last][[*keys, EVAL_EXP, ACCURACY]]
+    past = rows[(rows[TRAINED_EXP] >= rows[EVAL_EXP]) & (rows[TRAINED_EXP] < last)]
+    best = past.groupby([*keys, EVAL_EXP], dropna=False)[ACCURACY].max().rename("best")
+    merged = final.merge(best.reset_index(), on=[*keys, EVAL_EXP], how="inner")
+    merged["forgetting"] = merged["best"] - merged[ACCURACY]
+    return merged[[*keys, EVAL_EXP, "forgetting"]].reset_index(drop=True)
 
 
-def pareto_front(frame: pd.DataFrame, cost: str, metric: str = "final_avg_accuracy",
+def pareto_front(frame: pd.DataFrame, cost: str, metric: str = DEFAULT_METRIC,
                  mode: str = "max") -> pd.Series:
     """Which rows are Pareto-optimal: no other row has lower-or-equal cost and a better-or-equal
     metric (``mode="max"``: higher is better) with at least one of the two strictly better.
@@ -296,8 +370,8 @@ def pareto_front(frame: pd.DataFrame, cost: str, metric: str = "final_avg_accura
     Rows where either value is missing are never on the front. Returns a boolean Series aligned
     with ``frame``.
     """
-    _check_mode(mode)
-    _require(frame, [cost, metric], "trials")
+    check_mode(mode)
+    require_columns(frame, [cost, metric], "trials")
     result = pd.Series(False, index=frame.index)
     valid = frame[[cost, metric]].dropna()
     if valid.empty:

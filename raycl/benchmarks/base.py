@@ -117,7 +117,7 @@ class Experience:
     current_experience: int
     classes_in_this_experience: list[int]
     task_label: int
-    origin_stream: str  # "train" or "test"
+    origin_stream: str  # "train", "valid" or "test"
     benchmark: Any = field(default=None, repr=False)
 
     @property
@@ -128,7 +128,8 @@ class Experience:
 
 @dataclass(eq=False)
 class CLBenchmark:
-    """A continual-learning benchmark: matching train and test streams."""
+    """A continual-learning benchmark: matching train and test streams (and optionally a
+    validation stream, see :func:`~raycl.benchmarks.benchmark_with_validation_stream`)."""
 
     train_stream: list[Experience]
     test_stream: list[Experience]
@@ -141,6 +142,9 @@ class CLBenchmark:
     #: remapped): ``original_classes_in_exp[e][r]`` is the original id of
     #: ``train_stream[e].classes_in_this_experience[r]``.
     original_classes_in_exp: list[list[int]] = field(default_factory=list)
+    #: Held-out parts of the training experiences, position-matched with ``train_stream``
+    #: (``origin_stream="valid"``); empty unless the benchmark was built with one.
+    valid_stream: list[Experience] = field(default_factory=list)
 
     @property
     def n_experiences(self) -> int:
@@ -149,9 +153,12 @@ class CLBenchmark:
 
     @property
     def streams(self) -> dict[str, list[Experience]]:
-        """Both streams by name."""
+        """The streams by name: ``train``, ``valid`` (only when there is one) and ``test``."""
+        if self.valid_stream:
+            return {"train": self.train_stream, "valid": self.valid_stream,
+                    "test": self.test_stream}
         return {"train": self.train_stream, "test": self.test_stream}
 
     def __post_init__(self) -> None:
-        for exp in [*self.train_stream, *self.test_stream]:
+        for exp in [*self.train_stream, *self.valid_stream, *self.test_stream]:
             exp.benchmark = self

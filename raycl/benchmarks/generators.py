@@ -14,7 +14,6 @@ seeded with ``seed``: no generator reseeds or draws from torch's global RNG.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from raycl.benchmarks.base import (
     SubsetCLDataset,
     TensorCLDataset,
 )
+from raycl.checks import check_int, check_seed
 
 Transform = Callable[[Any], Tensor]
 
@@ -130,24 +130,6 @@ def _checked_len(x: Tensor, targets: Tensor, name: str) -> Tensor:
     return targets.to(x.device)
 
 
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
-    return int(value)
-
-
-def _check_seed(seed: Any) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be None or an int >= 0, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be None or an int >= 0, got {seed}")
-    return int(seed)
-
-
 def _generator(seed: int | None) -> torch.Generator:
     """A CPU generator of its own: seeded, or from OS entropy when ``seed`` is None."""
     gen = torch.Generator()
@@ -204,8 +186,8 @@ def nc_benchmark(train_dataset: Any, test_dataset: Any, n_experiences: int,
     """
     train = _as_source(train_dataset, "train_dataset")
     test = _as_source(test_dataset, "test_dataset")
-    n_experiences = _check_positive_int(n_experiences, "n_experiences")
-    seed = _check_seed(seed)
+    n_experiences = check_int("n_experiences", n_experiences, minimum=1)
+    seed = check_seed("seed", seed)
     if class_ids_from_zero_in_each_exp and class_ids_from_zero_from_first_exp:
         raise ValueError("class_ids_from_zero_in_each_exp and class_ids_from_zero_from_first_exp"
                          " cannot both be True")
@@ -446,8 +428,8 @@ def permuted_benchmark(train_dataset: Any, test_dataset: Any, n_experiences: int
     """
     train = _as_source(train_dataset, "train_dataset")
     test = _as_source(test_dataset, "test_dataset")
-    n_experiences = _check_positive_int(n_experiences, "n_experiences")
-    gen = _generator(_check_seed(seed))
+    n_experiences = check_int("n_experiences", n_experiences, minimum=1)
+    gen = _generator(check_seed("seed", seed))
     shape = _sample_shape(train, "train_dataset")
     _check_same_sample_shape(shape, _sample_shape(test, "test_dataset"))
     n_pixels = shape[0] if len(shape) == 1 else shape[-1] * shape[-2]
@@ -469,8 +451,8 @@ def rotated_benchmark(train_dataset: Any, test_dataset: Any, n_experiences: int,
     """
     train = _as_source(train_dataset, "train_dataset")
     test = _as_source(test_dataset, "test_dataset")
-    n_experiences = _check_positive_int(n_experiences, "n_experiences")
-    gen = _generator(_check_seed(seed))
+    n_experiences = check_int("n_experiences", n_experiences, minimum=1)
+    gen = _generator(check_seed("seed", seed))
     shape = _sample_shape(train, "train_dataset")
     _check_same_sample_shape(shape, _sample_shape(test, "test_dataset"))
     if len(shape) == 1:
@@ -515,8 +497,8 @@ def data_incremental_benchmark(benchmark: CLBenchmark, experience_size: int,
     """
     if not isinstance(benchmark, CLBenchmark):
         raise TypeError(f"benchmark must be a CLBenchmark, got {type(benchmark).__name__}")
-    size = _check_positive_int(experience_size, "experience_size")
-    gen = _generator(_check_seed(seed)) if shuffle else None
+    size = check_int("experience_size", experience_size, minimum=1)
+    gen = _generator(check_seed("seed", seed)) if shuffle else None
 
     train_stream: list[Experience] = []
     original_in_exp: list[list[int]] = []

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from raycl.checks import check_choice
+
 __all__ = [
     "CIFAR10_STATS",
     "CIFAR100_STATS",
@@ -110,8 +112,7 @@ def load_mnist_tensors(root: str | Path, name: str = "mnist", flatten: bool = Tr
         flatten: images as ``(N, 784)`` rows (for MLPs); else ``(N, 1, 28, 28)``.
         normalize: standardise with the dataset mean/std; else values in [0, 1].
     """
-    if name not in _MNIST_FOLDERS:
-        raise ValueError(f"name must be one of {sorted(_MNIST_FOLDERS)}, got {name!r}")
+    check_choice("name", name, sorted(_MNIST_FOLDERS))
     paths = _mnist_paths(root, name)
     for images, labels in paths.values():
         for p in (images, labels):
@@ -172,9 +173,7 @@ def _unpickle(path: Path) -> dict[str, Any]:
 
 
 def _cifar_spec(n_classes: int) -> dict[str, Any]:
-    if n_classes not in _CIFAR:
-        raise ValueError(f"n_classes must be 10 or 100, got {n_classes!r}")
-    return _CIFAR[n_classes]
+    return _CIFAR[check_choice("n_classes", n_classes, tuple(_CIFAR))]
 
 
 def cifar_files_present(root: str | Path, n_classes: int = 10) -> bool:

@@ -19,7 +19,12 @@ from raycl.evaluation.functional import (
     forward_transfer,
 )
 from raycl.evaluation.loggers import BaseLogger, CSVLogger, InteractiveLogger, TextLogger
-from raycl.evaluation.metric_base import MetricResult, PluginMetric, TrainingProgress
+from raycl.evaluation.metric_base import (
+    ExperienceResult,
+    MetricResult,
+    PluginMetric,
+    TrainingProgress,
+)
 from raycl.evaluation.metrics import (
     AccuracyMetric,
     ConfusionMatrixMetric,
@@ -53,6 +58,7 @@ __all__ = [
     "CSVLogger",
     "ConfusionMatrixMetric",
     "EvaluationPlugin",
+    "ExperienceResult",
     "ForgettingMetric",
     "ForwardTransferMetric",
     "GPUUsageMetric",

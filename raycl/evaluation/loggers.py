@@ -16,10 +16,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
+from raycl.checks import check_int, check_number
 from raycl.plugins.base import StrategyPlugin
 
 if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+    from raycl.plugins.base import Strategy
 
 __all__ = ["BaseLogger", "CSVLogger", "InteractiveLogger", "TextLogger"]
 
@@ -64,13 +65,9 @@ class InteractiveLogger(BaseLogger):
     """
 
     def __init__(self, file: IO[str] | None = None, every: float = 0.2, width: int = 30) -> None:
-        if isinstance(every, bool) or not isinstance(every, (int, float)) or every < 0:
-            raise ValueError(f"every must be a number of seconds >= 0, got {every!r}")
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be an int >= 1, got {width!r}")
         self._file = file
-        self.every = float(every)
-        self.width = width
+        self.every = check_number("every", every, low=0.0)  # seconds
+        self.width = check_int("width", width, minimum=1)
         self._pending: dict[str, Any] = {}
         self._done = 0
         self._total = 0
@@ -111,7 +108,7 @@ class InteractiveLogger(BaseLogger):
     def log_metrics(self, values: dict[str, Any], x: int) -> None:
         self._pending.update(values)
 
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         exp = strategy.experience
         self._close_bar()
         self._pending = {}
@@ -126,28 +123,28 @@ class InteractiveLogger(BaseLogger):
         self._start = time.monotonic()
         self._draw(self._start)
 
-    def after_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_iteration(self, strategy: Strategy, **kwargs: Any) -> None:
         self._done += 1
         now = time.monotonic()
         if now - self._last_draw >= self.every:
             self._draw(now)
 
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         self._draw(time.monotonic())
         self._close_bar()
         self._flush_pending("  ")
 
-    def before_eval(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_eval(self, strategy: Strategy, **kwargs: Any) -> None:
         self._close_bar()
         self._flush_pending("  ")  # training values emitted before a periodic evaluation
         stream = getattr(strategy, "eval_stream_name", "")
         n = len(getattr(strategy, "current_eval_stream", []) or [])
         self._write(f"-- eval on {stream} ({n} experiences) --\n")
 
-    def after_eval_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_eval_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         self._flush_pending(f"  exp {strategy.experience.current_experience:3d}  ")
 
-    def after_eval(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_eval(self, strategy: Strategy, **kwargs: Any) -> None:
         self._flush_pending("  stream   ")
 
 
@@ -180,20 +177,20 @@ class TextLogger(BaseLogger):
                 lines.append(f"\t{name} = {_format(value)}")
         self._write("\n".join(lines) + "\n")
 
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         exp = strategy.experience
         self._write(f"-- >> Start of training experience {exp.current_experience} "
                     f"(task {exp.task_label}) << --\n")
 
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         self._write(f"-- >> End of training experience "
                     f"{strategy.experience.current_experience} << --\n")
 
-    def before_eval(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_eval(self, strategy: Strategy, **kwargs: Any) -> None:
         self._write(f"-- >> Start of eval phase ({getattr(strategy, 'eval_stream_name', '')}) "
                     f"<< --\n")
 
-    def after_eval(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_eval(self, strategy: Strategy, **kwargs: Any) -> None:
         self._write("-- >> End of eval phase << --\n")
 
 

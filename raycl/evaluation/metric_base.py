@@ -11,21 +11,32 @@ sync); values are reduced once per epoch or per evaluated experience.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from raycl.plugins.base import StrategyPlugin
+from raycl.plugins.base import Strategy, StrategyPlugin
 
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
-
-__all__ = ["MetricResult", "PluginMetric", "TrainingProgress", "metric_name", "phase_name",
-           "stream_name"]
+__all__ = ["ExperienceResult", "MetricResult", "PluginMetric", "TrainingProgress", "metric_name",
+           "phase_name", "stream_name"]
 
 #: What a metric callback returns: full metric names and their values, or ``None``.
 MetricResult = dict[str, Any] | None
+
+
+
+class ExperienceResult(NamedTuple):
+    """What a per-experience metric emitted for one evaluated experience, in structured form:
+    the values of its ``.../<stream>/TaskTTT/ExpEEE`` names, without names to parse back."""
+
+    #: ``"<origin>_stream"`` of the evaluated stream (as in the metric names).
+    stream: str
+    #: Id of the evaluated experience in its stream.
+    experience: int
+    #: Task label -> value (only task labels that had samples).
+    values: dict[int, float]
+
 
 #: Callbacks that tell a metric how far training has got (see :class:`TrainingProgress`).
 PROGRESS_HOOKS = frozenset({"before_training", "before_training_exp", "after_training_exp",
@@ -33,12 +44,12 @@ PROGRESS_HOOKS = frozenset({"before_training", "before_training_exp", "after_tra
 
 
 # ---- names ------------------------------------------------------------------------------------
-def phase_name(strategy: BaseStrategy) -> str:
+def phase_name(strategy: Strategy) -> str:
     """``"train"`` while training, ``"eval"`` otherwise (Avalanche's phase names)."""
     return "train" if strategy.is_training else "eval"
 
 
-def stream_name(strategy: BaseStrategy) -> str:
+def stream_name(strategy: Strategy) -> str:
     """``"<origin>_stream"`` of the current experience (``eval_stream_name`` in eval)."""
     name = None if strategy.is_training else getattr(strategy, "eval_stream_name", None)
     if not name:
@@ -46,7 +57,7 @@ def stream_name(strategy: BaseStrategy) -> str:
     return name if name.endswith("_stream") else f"{name}_stream"
 
 
-def metric_name(base: str, strategy: BaseStrategy, task: int | None = None,
+def metric_name(base: str, strategy: Strategy, task: int | None = None,
                 exp: int | None = None) -> str:
     """``base/<phase>_phase/<stream>[/TaskTTT][/ExpEEE]``, exactly as Avalanche writes it."""
     name = f"{base}/{phase_name(strategy)}_phase/{stream_name(strategy)}"
@@ -92,20 +103,20 @@ class TrainingProgress:
         self.in_exp = False
         self.start_iter = 0
 
-    def before_training(self, strategy: BaseStrategy) -> None:
+    def before_training(self, strategy: Strategy) -> None:
         self.in_exp = False
 
-    def before_training_exp(self, strategy: BaseStrategy) -> None:
+    def before_training_exp(self, strategy: Strategy) -> None:
         self.in_exp = True
         self.start_iter = int(strategy.clock.train_iterations)
 
-    def after_training_exp(self, strategy: BaseStrategy) -> None:
+    def after_training_exp(self, strategy: Strategy) -> None:
         self.in_exp = False
 
-    def after_training(self, strategy: BaseStrategy) -> None:
+    def after_training(self, strategy: Strategy) -> None:
         self.in_exp = False
 
-    def row(self, strategy: BaseStrategy) -> int:
+    def row(self, strategy: Strategy) -> int:
         """Index of the last experience the evaluated model has trained on (``-1``: none)."""
         clock = strategy.clock
         done = int(clock.train_exp_counter)
@@ -128,19 +139,19 @@ class ProgressMetric(PluginMetric):
         super().__init__()
         self._progress = TrainingProgress()
 
-    def before_training(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_training(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._progress.before_training(strategy)
         return None
 
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._progress.before_training_exp(strategy)
         return None
 
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._progress.after_training_exp(strategy)
         return None
 
-    def after_training(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_training(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._progress.after_training(strategy)
         return None
 
@@ -289,7 +300,7 @@ def targets(y: Tensor) -> Tensor:
     return y.argmax(dim=1) if y.dim() > 1 else y
 
 
-def sample_task_labels(strategy: BaseStrategy) -> Tensor:
+def sample_task_labels(strategy: Strategy) -> Tensor:
     """The minibatch's per-sample task labels (the experience's label if the loop has none)."""
     tasks = getattr(strategy, "mb_task_id", None)
     if tasks is None:

@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from raycl.checks import check_choice, check_optional_int
 from raycl.evaluation.metric_base import (
     PROGRESS_HOOKS,
     BatchSums,
+    ExperienceResult,
     MetricResult,
     OutputQueue,
     PluginMetric,
@@ -42,18 +44,23 @@ from raycl.evaluation.metric_base import (
     metric_name,
     predictions,
     sample_task_labels,
+    stream_name,
     targets,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+    from raycl.plugins.base import Strategy
 
 __all__ = ["AccuracyMetric", "ConfusionMatrixMetric", "LossMetric", "accuracy_metrics",
            "confusion_matrix_metrics", "loss_metrics"]
 
 
 class _MeanMetric(ProgressMetric):
-    """A mean over minibatches, epochs, evaluated experiences and streams, split by task."""
+    """A mean over minibatches, epochs, evaluated experiences and streams, split by task.
+
+    With ``experience=True``, :attr:`last_experience` holds what the last ``after_eval_exp``
+    emitted, in structured form (the evaluator builds its matrices from it).
+    """
 
     #: granularity -> metric base name
     NAMES: ClassVar[dict[str, str]]
@@ -84,21 +91,24 @@ class _MeanMetric(ProgressMetric):
         self._epoch_totals: Totals = {}
         self._stream_totals: Totals = {}
         self._trained_totals: Totals = {}
+        #: The per-experience values of the experience being evaluated, once it is done
+        #: (``None`` before, or when it emitted nothing).
+        self.last_experience: ExperienceResult | None = None
 
     # ---- what a subclass defines ----------------------------------------------------------
     def _accumulator(self) -> Any:
         raise NotImplementedError
 
-    def _add(self, acc: Any, strategy: BaseStrategy) -> None:
+    def _add(self, acc: Any, strategy: Strategy) -> None:
         raise NotImplementedError
 
     # ---- training -------------------------------------------------------------------------
-    def before_training_epoch(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_training_epoch(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._train.clear()
         self._epoch_totals = {}
         return None
 
-    def after_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_training_iteration(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._add(self._train, strategy)
         if not self._sync_each_iteration:
             return None
@@ -113,26 +123,27 @@ class _MeanMetric(ProgressMetric):
                 out[metric_name(self.NAMES["epoch_running"], strategy, task)] = value
         return out
 
-    def after_training_epoch(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_training_epoch(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         add_totals(self._epoch_totals, self._train.reduce())
         return {metric_name(self.NAMES["epoch"], strategy, task): value
                 for task, value in means(self._epoch_totals).items()}
 
     # ---- evaluation -----------------------------------------------------------------------
-    def before_eval(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_eval(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._stream_totals = {}
         self._trained_totals = {}
         return None
 
-    def before_eval_exp(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_eval_exp(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._eval.clear()
+        self.last_experience = None
         return None
 
-    def after_eval_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval_iteration(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._add(self._eval, strategy)
         return None
 
-    def after_eval_exp(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval_exp(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         totals = self._eval.reduce()
         add_totals(self._stream_totals, totals)
         exp = int(strategy.experience.current_experience)
@@ -140,10 +151,13 @@ class _MeanMetric(ProgressMetric):
             add_totals(self._trained_totals, totals)
         if not self.experience:
             return None
+        values = means(totals)
+        if values:
+            self.last_experience = ExperienceResult(stream_name(strategy), exp, values)
         return {metric_name(self.NAMES["experience"], strategy, task, exp): value
-                for task, value in means(totals).items()}
+                for task, value in values.items()}
 
-    def after_eval(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         out: dict[str, float] = {}
         if self.stream:
             for task, value in means(self._stream_totals).items():
@@ -158,6 +172,7 @@ class _MeanMetric(ProgressMetric):
         self._train.clear()
         self._eval.clear()
         self._epoch_totals, self._stream_totals, self._trained_totals = {}, {}, {}
+        self.last_experience = None
         self._progress.in_exp, self._progress.start_iter = False, 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -189,7 +204,7 @@ class AccuracyMetric(_MeanMetric):
     def _accumulator(self) -> OutputQueue:
         return OutputQueue()
 
-    def _add(self, acc: OutputQueue, strategy: BaseStrategy) -> None:
+    def _add(self, acc: OutputQueue, strategy: Strategy) -> None:
         acc.add(strategy.mb_output, strategy.mb_y, sample_task_labels(strategy))
 
 
@@ -217,7 +232,7 @@ class LossMetric(_MeanMetric):
     def _accumulator(self) -> BatchSums:
         return BatchSums()
 
-    def _add(self, acc: BatchSums, strategy: BaseStrategy) -> None:
+    def _add(self, acc: BatchSums, strategy: Strategy) -> None:
         acc.add(strategy.loss.detach(), int(strategy.mb_y.shape[0]),
                 int(strategy.experience.task_label))
 
@@ -254,21 +269,16 @@ class ConfusionMatrixMetric(PluginMetric):
 
     def __init__(self, num_classes: int | None = None, normalize: str | None = None) -> None:
         super().__init__()
-        if num_classes is not None and (isinstance(num_classes, bool)
-                                        or not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"num_classes must be None or an int >= 1, got {num_classes!r}")
-        if normalize not in (None, "true", "pred", "all"):
-            raise ValueError(f"normalize must be None, 'true', 'pred' or 'all', got {normalize!r}")
-        self.num_classes = num_classes
-        self.normalize = normalize
+        self.num_classes = check_optional_int("num_classes", num_classes, minimum=1)
+        self.normalize = check_choice("normalize", normalize, (None, "true", "pred", "all"))
         self._cm: torch.Tensor | None = None
         self._hooks = frozenset({"before_eval", "after_eval_iteration", "after_eval"})
 
-    def before_eval(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_eval(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._cm = None
         return None
 
-    def after_eval_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval_iteration(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         output = strategy.mb_output
         y = targets(strategy.mb_y).long()
         pred = predictions(output).long()
@@ -291,7 +301,7 @@ class ConfusionMatrixMetric(PluginMetric):
         self._cm = cm
         return None
 
-    def after_eval(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         if self._cm is None:
             return None
         cm = self._cm.cpu()

@@ -5,30 +5,42 @@ The strategy dispatches to the evaluator only the callbacks in :meth:`active_hoo
 of what its metrics and loggers use, and the evaluator forwards each callback only to the
 metrics and loggers that use it: a metric that needs nothing per iteration costs nothing per
 iteration.
+
+The evaluator also keeps, per evaluated stream, the matrices ``R[i][j]`` of the per-experience
+accuracy and loss (:meth:`EvaluationPlugin.accuracy_matrix`,
+:meth:`EvaluationPlugin.loss_matrix`), built from the structured results the per-experience
+metrics hand over (:class:`~raycl.evaluation.metric_base.ExperienceResult`), never from metric
+names.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from raycl.evaluation.loggers import BaseLogger
 from raycl.evaluation.metric_base import PROGRESS_HOOKS, PluginMetric, TrainingProgress
-from raycl.evaluation.metrics import AccuracyMetric, accuracy_metrics, loss_metrics
+from raycl.evaluation.metrics import AccuracyMetric, LossMetric, accuracy_metrics, loss_metrics
 from raycl.evaluation.transfer import forgetting_metrics
 from raycl.plugins.base import HOOKS, StrategyPlugin
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
 
-    from raycl.training.strategy import BaseStrategy
+    from raycl.plugins.base import Strategy
 
 __all__ = ["EvaluationPlugin", "default_evaluator"]
 
-_EXP_ACC = re.compile(r"^Top1_Acc_Exp/eval_phase/(?P<stream>[^/]+)/Task(?P<task>\d+)"
-                      r"/Exp(?P<exp>\d+)$")
+#: stream -> row -> experience id -> task label -> value
+_Rows = dict[str, dict[int, dict[int, dict[int, float]]]]
+
+#: The matrices the evaluator keeps: kind -> (metric class whose per-experience values fill it,
+#: factory call named in the error when it is missing).
+_MATRICES: dict[str, tuple[type[AccuracyMetric | LossMetric], str]] = {
+    "accuracy": (AccuracyMetric, "accuracy_metrics(experience=True)"),
+    "loss": (LossMetric, "loss_metrics(experience=True)"),
+}
 
 
 def _flatten(metrics: Iterable[Any]) -> list[PluginMetric]:
@@ -71,8 +83,11 @@ class EvaluationPlugin(StrategyPlugin):
         self._last: dict[str, Any] = {}
         self._all: dict[str, tuple[list[int], list[Any]]] = {}
         self._progress = TrainingProgress()
-        # stream -> row -> experience -> task -> Top1_Acc_Exp, for accuracy_matrix()
-        self._acc_rows: dict[str, dict[int, dict[int, dict[int, float]]]] = {}
+        # The per-experience metrics that fill each matrix, and the matrices' entries.
+        self._matrix_sources: tuple[tuple[str, AccuracyMetric | LossMetric], ...] = tuple(
+            (kind, m) for m in self.metrics for kind, (cls, _) in _MATRICES.items()
+            if isinstance(m, cls) and m.experience)
+        self._rows: dict[str, _Rows] = {kind: {} for kind in _MATRICES}
         self._metric_calls: dict[str, tuple[Callable[..., Any], ...]] = {}
         self._logger_calls: dict[str, tuple[Callable[..., Any], ...]] = {}
         self._active: frozenset[str] = frozenset()
@@ -83,9 +98,12 @@ class EvaluationPlugin(StrategyPlugin):
         metric_hooks = [(m, m.active_hooks()) for m in self.metrics]
         logger_hooks = [(lg, lg.active_hooks()) for lg in self.loggers]
         own = {h: getattr(self._progress, h) for h in PROGRESS_HOOKS}
+        # After every metric has handled an evaluated experience, collect the matrix entries.
+        collect = {"after_eval_exp": self._collect_experience} if self._matrix_sources else {}
         self._metric_calls = {
             h: tuple(([own[h]] if h in own else [])
-                     + [getattr(m, h) for m, hooks in metric_hooks if h in hooks])
+                     + [getattr(m, h) for m, hooks in metric_hooks if h in hooks]
+                     + ([collect[h]] if h in collect else []))
             for h in HOOKS}
         self._logger_calls = {h: tuple(getattr(lg, h) for lg, hooks in logger_hooks if h in hooks)
                               for h in HOOKS}
@@ -100,7 +118,7 @@ class EvaluationPlugin(StrategyPlugin):
         evaluator needs to place evaluations in the accuracy matrix)."""
         return self._active
 
-    def _run(self, hook: str, strategy: BaseStrategy) -> None:
+    def _run(self, hook: str, strategy: Strategy) -> None:
         emitted: dict[str, Any] | None = None
         for call in self._metric_calls[hook]:
             out = call(strategy)
@@ -113,7 +131,7 @@ class EvaluationPlugin(StrategyPlugin):
         for call in self._logger_calls[hook]:
             call(strategy)
 
-    def _record(self, values: dict[str, Any], strategy: BaseStrategy) -> None:
+    def _record(self, values: dict[str, Any], strategy: Strategy) -> None:
         x = int(strategy.clock.train_iterations)
         self._last.update(values)
         if self.collect_all:
@@ -121,20 +139,21 @@ class EvaluationPlugin(StrategyPlugin):
                 xs, vs = self._all.setdefault(name, ([], []))
                 xs.append(x)
                 vs.append(value)
-        if not strategy.is_training:
-            for name, value in values.items():
-                if name.startswith("Top1_Acc_Exp/"):
-                    self._note_accuracy(name, value, strategy)
         for lg in self.loggers:
             lg.log_metrics(values, x)
 
-    def _note_accuracy(self, name: str, value: Any, strategy: BaseStrategy) -> None:
-        match = _EXP_ACC.match(name)
-        if match is None:
+    def _collect_experience(self, strategy: Strategy, **kwargs: Any) -> None:
+        """File what the per-experience metrics emitted for the experience just evaluated at
+        the row of the model's training progress (a later metric overwrites an earlier one)."""
+        if strategy.is_training:
             return
         row = self._progress.row(strategy)
-        (self._acc_rows.setdefault(match["stream"], {}).setdefault(row, {})
-         .setdefault(int(match["exp"]), {}))[int(match["task"])] = float(value)
+        for kind, metric in self._matrix_sources:
+            result = metric.last_experience
+            if result is None:
+                continue
+            (self._rows[kind].setdefault(result.stream, {}).setdefault(row, {})
+             .setdefault(result.experience, {})).update(result.values)
 
     # ---- results --------------------------------------------------------------------------
     def get_last_metrics(self) -> dict[str, Any]:
@@ -159,7 +178,26 @@ class EvaluationPlugin(StrategyPlugin):
         labels gets the unweighted mean of its per-task accuracies. Needs
         ``accuracy_metrics(experience=True)``.
         """
-        rows = self._matrix_rows(stream)
+        return self._matrix("accuracy", stream)
+
+    def loss_matrix(self, stream: str = "test_stream") -> list[list[float]]:
+        """``L[i][j]``: ``Loss_Exp`` on experience ``j`` of ``stream`` after training on
+        experience ``i``; the same rows, columns, ``NaN`` entries and task-label mean as
+        :meth:`accuracy_matrix`. Needs ``loss_metrics(experience=True)``.
+        """
+        return self._matrix("loss", stream)
+
+    def initial_accuracies(self, stream: str = "test_stream") -> list[float]:
+        """Accuracy of the untrained model on each experience of ``stream`` (the ``b`` of
+        forward transfer; ``NaN`` where no evaluation ran before training)."""
+        rows = self._matrix_rows("accuracy", stream)
+        if not rows:
+            return []
+        n_cols = 1 + max(j for r in rows.values() for j in r)
+        return [_mean_or_nan(rows.get(-1, {}).get(j)) for j in range(n_cols)]
+
+    def _matrix(self, kind: str, stream: str) -> list[list[float]]:
+        rows = self._matrix_rows(kind, stream)
         trained = [r for r in rows if r >= 0]
         if not trained:
             return []
@@ -167,20 +205,10 @@ class EvaluationPlugin(StrategyPlugin):
         return [[_mean_or_nan(rows.get(i, {}).get(j)) for j in range(n_cols)]
                 for i in range(max(trained) + 1)]
 
-    def initial_accuracies(self, stream: str = "test_stream") -> list[float]:
-        """Accuracy of the untrained model on each experience of ``stream`` (the ``b`` of
-        forward transfer; ``NaN`` where no evaluation ran before training)."""
-        rows = self._matrix_rows(stream)
-        if not rows:
-            return []
-        n_cols = 1 + max(j for r in rows.values() for j in r)
-        return [_mean_or_nan(rows.get(-1, {}).get(j)) for j in range(n_cols)]
-
-    def _matrix_rows(self, stream: str) -> dict[int, dict[int, dict[int, float]]]:
-        if not any(isinstance(m, AccuracyMetric) and m.experience for m in self.metrics):
-            raise ValueError("accuracy_matrix needs accuracy_metrics(experience=True) in the "
-                             "evaluator")
-        return self._acc_rows.get(stream, {})
+    def _matrix_rows(self, kind: str, stream: str) -> dict[int, dict[int, dict[int, float]]]:
+        if not any(k == kind for k, _ in self._matrix_sources):
+            raise ValueError(f"{kind}_matrix needs {_MATRICES[kind][1]} in the evaluator")
+        return self._rows[kind].get(stream, {})
 
     # ---- state ----------------------------------------------------------------------------
     def _keys(self, items: Sequence[Any]) -> list[str]:
@@ -193,8 +221,8 @@ class EvaluationPlugin(StrategyPlugin):
             "last": dict(self._last),
             "all": {name: [list(xs), list(vs)] for name, (xs, vs) in self._all.items()},
             "progress": self._progress.state_dict(),
-            "acc_rows": {s: {r: {j: dict(t) for j, t in row.items()} for r, row in rows.items()}
-                         for s, rows in self._acc_rows.items()},
+            "acc_rows": _copy_rows(self._rows["accuracy"]),
+            "loss_rows": _copy_rows(self._rows["loss"]),
             "metrics": dict(zip(self._keys(self.metrics),
                                 [m.state_dict() for m in self.metrics])),
             "loggers": dict(zip(self._keys(self.loggers),
@@ -212,15 +240,24 @@ class EvaluationPlugin(StrategyPlugin):
         self._last = dict(state["last"])
         self._all = {name: (list(xs), list(vs)) for name, (xs, vs) in state["all"].items()}
         self._progress.load_state_dict(state["progress"])
-        self._acc_rows = {
-            str(s): {int(r): {int(j): {int(t): float(v) for t, v in tasks.items()}
-                              for j, tasks in row.items()}
-                     for r, row in rows.items()}
-            for s, rows in state["acc_rows"].items()}
+        self._rows = {"accuracy": _load_rows(state["acc_rows"]),
+                      "loss": _load_rows(state.get("loss_rows", {}))}  # absent before loss_matrix
         for key, m in zip(self._keys(self.metrics), self.metrics):
             m.load_state_dict(state["metrics"][key])
         for key, lg in zip(self._keys(self.loggers), self.loggers):
             lg.load_state_dict(state["loggers"][key])
+
+
+def _copy_rows(rows: _Rows) -> _Rows:
+    return {s: {r: {j: dict(t) for j, t in row.items()} for r, row in by_row.items()}
+            for s, by_row in rows.items()}
+
+
+def _load_rows(rows: dict[Any, Any]) -> _Rows:
+    return {str(s): {int(r): {int(j): {int(t): float(v) for t, v in tasks.items()}
+                              for j, tasks in row.items()}
+                     for r, row in by_row.items()}
+            for s, by_row in rows.items()}
 
 
 def _mean_or_nan(tasks: dict[int, float] | None) -> float:
@@ -230,7 +267,7 @@ def _mean_or_nan(tasks: dict[int, float] | None) -> float:
 
 
 def _forwarder(hook: str) -> Callable[..., None]:
-    def forward(self: EvaluationPlugin, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def forward(self: EvaluationPlugin, strategy: Strategy, **kwargs: Any) -> None:
         self._run(hook, strategy)
 
     forward.__name__ = forward.__qualname__ = hook

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from raycl.checks import check_number, check_optional_int
 from raycl.evaluation.metric_base import MetricResult, PluginMetric, metric_name
 
 if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+    from raycl.plugins.base import Strategy
 
 __all__ = ["GPUUsageMetric", "RAMUsageMetric", "TimingMetric", "gpu_usage_metrics",
            "ram_usage_metrics", "timing_metrics"]
@@ -31,7 +32,7 @@ __all__ = ["GPUUsageMetric", "RAMUsageMetric", "TimingMetric", "gpu_usage_metric
 _MB = 1024.0 * 1024.0
 
 
-def _exp_suffix(strategy: BaseStrategy) -> tuple[int, int]:
+def _exp_suffix(strategy: Strategy) -> tuple[int, int]:
     exp = strategy.experience
     return int(exp.task_label), int(exp.current_experience)
 
@@ -62,11 +63,11 @@ class TimingMetric(PluginMetric):
         self._t_mb = self._t_epoch = self._t_exp = self._t_stream = 0.0
         self._epoch_iterations = 0
 
-    def before_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_training_iteration(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._t_mb = time.perf_counter()
         return None
 
-    def after_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_training_iteration(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         now = time.perf_counter()
         task = int(strategy.experience.task_label)
         out: dict[str, float] = {}
@@ -78,28 +79,28 @@ class TimingMetric(PluginMetric):
                 (now - self._t_epoch) / self._epoch_iterations)
         return out
 
-    def before_training_epoch(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_training_epoch(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._t_epoch = time.perf_counter()
         self._epoch_iterations = 0
         return None
 
-    def after_training_epoch(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_training_epoch(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         seconds = time.perf_counter() - self._t_epoch
         return {metric_name("Time_Epoch", strategy, int(strategy.experience.task_label)): seconds}
 
-    def before_eval_exp(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_eval_exp(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._t_exp = time.perf_counter()
         return None
 
-    def after_eval_exp(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval_exp(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         seconds = time.perf_counter() - self._t_exp
         return {metric_name("Time_Exp", strategy, *_exp_suffix(strategy)): seconds}
 
-    def before_eval(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_eval(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._t_stream = time.perf_counter()
         return None
 
-    def after_eval(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         seconds = time.perf_counter() - self._t_stream
         return {metric_name("Time_Stream", strategy, int(strategy.experience.task_label)): seconds}
 
@@ -123,9 +124,7 @@ class _PeakMetric(PluginMetric):
     def __init__(self, minibatch: bool, epoch: bool, experience: bool, stream: bool,
                  every: float) -> None:
         super().__init__()
-        if isinstance(every, bool) or not isinstance(every, (int, float)) or every <= 0:
-            raise ValueError(f"every must be a number of seconds > 0, got {every!r}")
-        self.every = float(every)
+        self.every = check_number("every", every, low=0.0, low_open=True)  # seconds
         self.minibatch, self.epoch = minibatch, epoch
         self.experience, self.stream = experience, stream
         hooks: set[str] = set()
@@ -162,35 +161,35 @@ class _PeakMetric(PluginMetric):
         return self._open.pop(level)
 
     # ---- callbacks --------------------------------------------------------------------------
-    def before_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_training_iteration(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._begin("mb")
         return None
 
-    def after_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_training_iteration(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         name = metric_name(self._names()["mb"], strategy, int(strategy.experience.task_label))
         return {name: self._end("mb")}
 
-    def before_training_epoch(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_training_epoch(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._begin("epoch")
         return None
 
-    def after_training_epoch(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_training_epoch(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         name = metric_name(self._names()["epoch"], strategy, int(strategy.experience.task_label))
         return {name: self._end("epoch")}
 
-    def before_eval_exp(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_eval_exp(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._begin("exp")
         return None
 
-    def after_eval_exp(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval_exp(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         name = metric_name(self._names()["exp"], strategy, *_exp_suffix(strategy))
         return {name: self._end("exp")}
 
-    def before_eval(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_eval(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._begin("stream")
         return None
 
-    def after_eval(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         name = metric_name(self._names()["stream"], strategy, int(strategy.experience.task_label))
         return {name: self._end("stream")}
 
@@ -306,9 +305,7 @@ class GPUUsageMetric(_PeakMetric):
                  epoch: bool = False, experience: bool = False, stream: bool = False,
                  every: float = 0.5) -> None:
         super().__init__(minibatch, epoch, experience, stream, every)
-        if gpu_id is not None and (isinstance(gpu_id, bool) or not isinstance(gpu_id, int)
-                                   or gpu_id < 0):
-            raise ValueError(f"gpu_id must be None or an int >= 0, got {gpu_id!r}")
+        gpu_id = check_optional_int("gpu_id", gpu_id, minimum=0)
         self.available = torch.cuda.is_available()
         if gpu_id is None:
             gpu_id = torch.cuda.current_device() if self.available else 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from raycl.checks import check_choice
 from raycl.evaluation.metric_base import (
     PROGRESS_HOOKS,
     MetricResult,
@@ -34,7 +35,7 @@ from raycl.evaluation.metric_base import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+    from raycl.plugins.base import Strategy
 
 __all__ = ["BWTMetric", "ForgettingMetric", "ForwardTransferMetric", "bwt_metrics",
            "forgetting_metrics", "forward_transfer_metrics"]
@@ -65,19 +66,19 @@ class _MatrixMetric(ProgressMetric):
         raise NotImplementedError
 
     # ---- callbacks --------------------------------------------------------------------------
-    def before_eval(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_eval(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._stream_values = []
         return None
 
-    def before_eval_exp(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def before_eval_exp(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._queue.clear()
         return None
 
-    def after_eval_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval_iteration(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         self._queue.add(strategy.mb_output, strategy.mb_y, sample_task_labels(strategy))
         return None
 
-    def after_eval_exp(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval_exp(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         totals = self._queue.reduce()  # the one sync; accuracy over all the samples
         count = sum(w for _, w in totals.values())
         if count == 0:
@@ -95,7 +96,7 @@ class _MatrixMetric(ProgressMetric):
             return {name: exp_value}
         return None
 
-    def after_eval(self, strategy: BaseStrategy, **kwargs: Any) -> MetricResult:
+    def after_eval(self, strategy: Strategy, **kwargs: Any) -> MetricResult:
         values = self._stream_values
         mean = sum(values) / len(values) if values else 0.0
         return {metric_name(self.STREAM_NAME, strategy): mean + 0.0}  # + 0.0: no -0.0
@@ -134,8 +135,7 @@ class ForgettingMetric(_MatrixMetric):
 
     def __init__(self, experience: bool = False, stream: bool = False,
                  reference: str = "initial") -> None:
-        if reference not in ("initial", "best"):
-            raise ValueError(f"reference must be 'initial' or 'best', got {reference!r}")
+        check_choice("reference", reference, ("initial", "best"))
         super().__init__(experience, stream)
         self.reference = reference
 

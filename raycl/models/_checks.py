@@ -1,25 +1,10 @@
-"""Constructor-argument checks shared by the models."""
+"""Input reshaping shared by the image models (argument checks live in :mod:`raycl.checks`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from torch import Tensor
-
-
-def check_int(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` and the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def check_rate(value: Any, name: str) -> float:
-    """A probability in [0, 1), or a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-    return float(value)
 
 
 def as_images(x: Tensor, in_channels: int) -> Tensor:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from raycl.models._checks import as_images, check_int, check_rate
+from raycl.checks import check_int, check_rate
+from raycl.models._checks import as_images
 
 __all__ = ["SimpleCNN"]
 
@@ -24,9 +25,10 @@ class SimpleCNN(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1,
                  drop_rate: float = 0.25) -> None:
         super().__init__()
-        check_int(num_classes, "num_classes")
-        self.in_channels = check_int(in_channels, "in_channels")
-        drop_rate = check_rate(drop_rate, "drop_rate")
+        num_classes = check_int("num_classes", num_classes, minimum=1)
+        in_channels = check_int("in_channels", in_channels, minimum=1)
+        self.in_channels = in_channels
+        drop_rate = check_rate("drop_rate", drop_rate)
 
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(),

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from raycl.benchmarks.base import Experience
-from raycl.models._checks import check_int
+from raycl.checks import check_int
 
 __all__ = ["DynamicModule", "MultiHeadClassifier", "MultiTaskModule"]
 
@@ -87,10 +87,9 @@ class MultiHeadClassifier(MultiTaskModule):
 
     def __init__(self, in_features: int, initial_out_features: int = 2) -> None:
         super().__init__()
-        check_int(in_features, "in_features")
-        check_int(initial_out_features, "initial_out_features")
-        self.in_features = int(in_features)
-        self.initial_out_features = int(initial_out_features)
+        self.in_features = check_int("in_features", in_features, minimum=1)
+        self.initial_out_features = check_int("initial_out_features", initial_out_features,
+                                              minimum=1)
         self.classifiers = nn.ModuleDict()
         # Heads are built after construction, possibly after .to(device/dtype): this empty
         # buffer follows the module around and tells new heads where to live.

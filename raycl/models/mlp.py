@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from raycl.models._checks import check_int, check_rate
+from raycl.checks import check_int, check_rate
 from raycl.models.dynamic import MultiHeadClassifier, MultiTaskModule
 
 __all__ = ["MultiHeadMLP", "SimpleMLP"]
@@ -41,11 +41,11 @@ class SimpleMLP(nn.Module):
     def __init__(self, num_classes: int = 10, input_size: int = 784, hidden_size: int = 512,
                  hidden_layers: int = 1, drop_rate: float = 0.5) -> None:
         super().__init__()
-        check_int(num_classes, "num_classes")
-        check_int(input_size, "input_size")
-        check_int(hidden_size, "hidden_size")
-        check_int(hidden_layers, "hidden_layers", minimum=0)
-        drop_rate = check_rate(drop_rate, "drop_rate")
+        num_classes = check_int("num_classes", num_classes, minimum=1)
+        input_size = check_int("input_size", input_size, minimum=1)
+        hidden_size = check_int("hidden_size", hidden_size, minimum=1)
+        hidden_layers = check_int("hidden_layers", hidden_layers, minimum=0)
+        drop_rate = check_rate("drop_rate", drop_rate)
         self.features = _trunk(input_size, hidden_size, hidden_layers, drop_rate)
         self.feature_size = hidden_size if hidden_layers else input_size
         self.classifier = nn.Linear(self.feature_size, num_classes)
@@ -72,10 +72,10 @@ class MultiHeadMLP(MultiTaskModule):
     def __init__(self, input_size: int = 784, hidden_size: int = 256, hidden_layers: int = 2,
                  drop_rate: float = 0.0, initial_out_features: int = 2) -> None:
         super().__init__()
-        check_int(input_size, "input_size")
-        check_int(hidden_size, "hidden_size")
-        check_int(hidden_layers, "hidden_layers")
-        drop_rate = check_rate(drop_rate, "drop_rate")
+        input_size = check_int("input_size", input_size, minimum=1)
+        hidden_size = check_int("hidden_size", hidden_size, minimum=1)
+        hidden_layers = check_int("hidden_layers", hidden_layers, minimum=1)
+        drop_rate = check_rate("drop_rate", drop_rate)
         self.features = _trunk(input_size, hidden_size, hidden_layers, drop_rate)
         self.feature_size = hidden_size
         self.classifier = MultiHeadClassifier(hidden_size, initial_out_features)

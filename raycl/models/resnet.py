@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from raycl.models._checks import as_images, check_int
+from raycl.checks import check_int
+from raycl.models._checks import as_images
 from raycl.models.dynamic import MultiHeadClassifier, MultiTaskModule
 
 __all__ = ["MTResNet18Reduced", "ResNet18Reduced"]
@@ -68,9 +69,9 @@ class ResNet18Reduced(nn.Module):
 
     def __init__(self, num_classes: int = 10, nf: int = 20, in_channels: int = 3) -> None:
         super().__init__()
-        check_int(num_classes, "num_classes")
-        check_int(nf, "nf")
-        check_int(in_channels, "in_channels")
+        num_classes = check_int("num_classes", num_classes, minimum=1)
+        nf = check_int("nf", nf, minimum=1)
+        in_channels = check_int("in_channels", in_channels, minimum=1)
         self.features = _ReducedTrunk(nf, in_channels)
         self.feature_size = 8 * nf
         self.classifier = nn.Linear(8 * nf, num_classes)
@@ -93,8 +94,8 @@ class MTResNet18Reduced(MultiTaskModule):
 
     def __init__(self, nf: int = 20, in_channels: int = 3, initial_out_features: int = 2) -> None:
         super().__init__()
-        check_int(nf, "nf")
-        check_int(in_channels, "in_channels")
+        nf = check_int("nf", nf, minimum=1)
+        in_channels = check_int("in_channels", in_channels, minimum=1)
         self.features = _ReducedTrunk(nf, in_channels)
         self.feature_size = 8 * nf
         self.classifier = MultiHeadClassifier(8 * nf, initial_out_features)

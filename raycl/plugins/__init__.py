@@ -1,7 +1,8 @@
 """Plugins: one file per method, each citing its paper.
 
-``StrategyPlugin`` is the base class. Method plugins load on first use, so importing the package
-does not import quadprog or every method.
+``StrategyPlugin`` is the base class; callbacks receive the strategy typed as the ``Strategy``
+protocol. Method plugins load on first use, so importing the package does not import quadprog or
+every method.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from raycl.plugins.base import HOOKS, StrategyPlugin
+from raycl.plugins.base import HOOKS, Strategy, StrategyPlugin
 
 # public name -> module under raycl.plugins that defines it
 _LAZY = {
@@ -29,7 +30,7 @@ _LAZY = {
     "PPPloss": "cope",
 }
 
-__all__ = ["HOOKS", "StrategyPlugin", *_LAZY]
+__all__ = ["HOOKS", "Strategy", "StrategyPlugin", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

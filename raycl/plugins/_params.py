@@ -15,13 +15,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from numbers import Real
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["QuadraticPenalty", "at_experience", "check_number", "check_schedule", "model_forward",
-           "pad_to", "pick", "snapshot", "task_grads", "tensor_batches", "trainable_params"]
+from raycl.checks import check_number
+
+__all__ = ["QuadraticPenalty", "at_experience", "check_schedule", "model_forward", "pad_to",
+           "pick", "snapshot", "task_grads", "tensor_batches", "trainable_params"]
 
 
 def trainable_params(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -196,25 +199,17 @@ def pick(values: list[Tensor], pos: list[int] | None) -> list[Tensor]:
 
 
 # ---- hyperparameter checks ----------------------------------------------------------------------
-def check_number(name: str, value: Any, low: float = 0.0, high: float = float("inf"),
-                 low_open: bool = False) -> float:
-    """``value`` as a float in ``[low, high]`` (``(low, high]`` if ``low_open``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if v != v or (v <= low if low_open else v < low) or v > high:
-        left = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {left}{low}, {high}], got {value!r}")
-    return v
-
-
 def check_schedule(name: str, value: Any) -> float | list[float]:
-    """A non-negative float, or a non-empty list of them indexed by experience."""
+    """A finite float >= 0, or a non-empty list of them indexed by experience."""
     if isinstance(value, (list, tuple)):
         if not value:
-            raise ValueError(f"{name} must be a non-negative number or a non-empty list of them")
-        return [check_number(f"{name}[{i}]", v) for i, v in enumerate(value)]
-    return check_number(name, value)
+            raise ValueError(f"{name} must be a finite number >= 0 or a non-empty list of them, "
+                             "got an empty list")
+        return [check_number(f"{name}[{i}]", v, low=0.0) for i, v in enumerate(value)]
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a finite number >= 0 or a non-empty list of them, "
+                        f"got {type(value).__name__}")
+    return check_number(name, value, low=0.0)
 
 
 def at_experience(value: float | list[float], t: int) -> float:

@@ -12,22 +12,16 @@ the step never waits on the device. Only parameters that have a gradient this st
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from raycl.benchmarks.base import TensorCLDataset
-from raycl.plugins.base import StrategyPlugin
+from raycl.checks import check_int
+from raycl.plugins.base import Strategy, StrategyPlugin
 from raycl.plugins.gem import EpisodicMemory, loss_gradients
-from raycl.plugins.storage_policy import (
-    check_positive_int,
-    load_memory_state,
-    memory_state,
-)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+from raycl.plugins.storage_policy import load_memory_state, memory_state
 
 
 class AGEMPlugin(EpisodicMemory, StrategyPlugin):
@@ -41,16 +35,16 @@ class AGEMPlugin(EpisodicMemory, StrategyPlugin):
 
     def __init__(self, patterns_per_experience: int, sample_size: int) -> None:
         super().__init__()
-        self.patterns_per_experience = check_positive_int("patterns_per_experience",
-                                                          patterns_per_experience)
-        self.sample_size = check_positive_int("sample_size", sample_size)
+        self.patterns_per_experience = check_int("patterns_per_experience",
+                                                 patterns_per_experience, minimum=1)
+        self.sample_size = check_int("sample_size", sample_size, minimum=1)
         self.ext_mem: dict[int, TensorCLDataset] = {}
         self._ref: list[Tensor] | None = None  # g_ref, flattened per parameter
         self._params: list[nn.Parameter] = []
         self._mem: TensorCLDataset | None = None  # every stored sample, on the device
         self._sizes = self._offsets = self._pad = torch.zeros(0, dtype=torch.long)
 
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         groups = [m.to(strategy.device) for m in self.ext_mem.values() if len(m)]
         self._mem = TensorCLDataset.concat(groups) if groups else None
         sizes = torch.tensor([len(m) for m in groups], dtype=torch.long)
@@ -83,7 +77,7 @@ class AGEMPlugin(EpisodicMemory, StrategyPlugin):
         """This step's reference gradient g_ref as one flat vector (None without memory)."""
         return None if self._ref is None else torch.cat(self._ref)
 
-    def before_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_iteration(self, strategy: Strategy, **kwargs: Any) -> None:
         self._ref = None
         if self._mem is None:
             return
@@ -92,7 +86,7 @@ class AGEMPlugin(EpisodicMemory, StrategyPlugin):
         self._ref = loss_gradients(strategy, self._params, x, y, t)
 
     @torch.no_grad()
-    def after_backward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         if self._ref is None:
             return
         # per parameter, in place: no flat copy of g in or out

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raycl.plugins.base import StrategyPlugin
+from raycl.checks import check_int, check_number
+from raycl.plugins.base import Strategy, StrategyPlugin
 from raycl.plugins.storage_policy import balanced_sizes, materialize
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
 
 
 class PrototypeMemory(Mapping[int, Tensor]):
@@ -60,9 +58,8 @@ class PPPloss:
     """
 
     def __init__(self, p_mem: Mapping[int, Tensor], T: float = 0.1) -> None:
-        if not T > 0:
-            raise ValueError(f"T must be > 0, got {T}")
-        self.p_mem, self.T = p_mem, float(T)
+        self.p_mem = p_mem
+        self.T = check_number("T", T, low=0.0, low_open=True)
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         return -sum(self._terms(x, y)) / x.shape[0]
@@ -119,22 +116,20 @@ class CoPEPlugin(StrategyPlugin):
 
     def __init__(self, mem_size: int = 200, n_classes: int = 10, p_size: int = 100,
                  alpha: float = 0.99, T: float = 0.1) -> None:
-        for name, v in (("mem_size", mem_size), ("n_classes", n_classes), ("p_size", p_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        self.mem_size, self.n_classes, self.p_size = mem_size, n_classes, p_size
-        self.alpha, self.T = float(alpha), T
+        self.mem_size = mem_size = check_int("mem_size", mem_size, minimum=1)
+        self.n_classes = n_classes = check_int("n_classes", n_classes, minimum=1)
+        self.p_size = p_size = check_int("p_size", p_size, minimum=1)
+        self.alpha = check_number("alpha", alpha, low=0.0, high=1.0)
+        self.T = check_number("T", T, low=0.0, low_open=True)
         self.p_mem = PrototypeMemory(n_classes, p_size)
-        self.ppp_loss = PPPloss(self.p_mem, T=T)  # validates T
+        self.ppp_loss = PPPloss(self.p_mem, T=self.T)
         self._sum = torch.zeros(n_classes, p_size)  # embeddings per class since the last step
         self._cnt = torch.zeros(n_classes)
         self.mem: dict[str, Tensor] = {"x": torch.zeros(0), "y": torch.zeros(0, dtype=torch.long),
                                        "t": torch.zeros(0, dtype=torch.long), "w": torch.zeros(0)}
         self._saved: list[Any] = []  # the user's criterion while ours is in place
 
-    def _swap_in(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def _swap_in(self, strategy: Strategy, **kwargs: Any) -> None:
         """Put the PPP loss in place for ``train`` / ``eval`` and the state on the device."""
         self._saved.append(strategy.criterion)
         strategy.criterion, dev = self.ppp_loss, strategy.device
@@ -142,10 +137,10 @@ class CoPEPlugin(StrategyPlugin):
         self._sum, self._cnt = self._sum.to(dev), self._cnt.to(dev)
         self.mem = {k: v.to(dev) for k, v in self.mem.items()}
 
-    def _swap_out(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def _swap_out(self, strategy: Strategy, **kwargs: Any) -> None:
         strategy.criterion = self._saved.pop()  # the criterion ``train`` / ``eval`` started with
 
-    def _check_targets(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def _check_targets(self, strategy: Strategy, **kwargs: Any) -> None:
         """Check the experience's class ids fit ``n_classes``."""
         targets = strategy.experience.dataset.targets  # type: ignore[union-attr]
         top = int(targets.max()) if targets.numel() else -1
@@ -157,7 +152,7 @@ class CoPEPlugin(StrategyPlugin):
     after_training = after_eval = _swap_out
     before_training_exp = before_eval_exp = _check_targets
 
-    def before_forward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_forward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Append up to ``train_mb_size`` random memory samples to the minibatch."""
         if (n_mem := self.mem["y"].shape[0]) == 0:
             return
@@ -166,14 +161,14 @@ class CoPEPlugin(StrategyPlugin):
         strategy.mb_y = torch.cat([strategy.mb_y, self.mem["y"][idx]])
         strategy.mb_task_id = torch.cat([strategy.mb_task_id, self.mem["t"][idx]])
 
-    def after_forward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_forward(self, strategy: Strategy, **kwargs: Any) -> None:
         """L2-normalise the embedding, activate new classes' prototypes, accumulate sums."""
         z = self._embedding(strategy).detach()
         self._sum.index_add_(0, strategy.mb_y, z)
         self._cnt.index_add_(0, strategy.mb_y, torch.ones_like(z[:, 0]))
         self.p_mem.seen |= self._cnt > 0
 
-    def after_update(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_update(self, strategy: Strategy, **kwargs: Any) -> None:
         """EMA step of the prototypes of the classes in the minibatch."""
         mean = F.normalize(self._sum, dim=1)  # the direction of the sum is that of the mean
         new = F.normalize(self.alpha * self.p_mem.protos + (1 - self.alpha) * mean, dim=1)
@@ -181,11 +176,11 @@ class CoPEPlugin(StrategyPlugin):
         self._sum.zero_()
         self._cnt.zero_()
 
-    def after_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_iteration(self, strategy: Strategy, **kwargs: Any) -> None:
         """Turn ``mb_output`` into class probabilities so training metrics see predictions."""
         strategy.mb_output = self.predict_proba(strategy.mb_output.detach())
 
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Add the experience's samples to the class-balanced memory (a reservoir per class:
         the samples of highest random priority win, so each class keeps a uniform sample)."""
         ds = materialize(strategy.experience.dataset)  # type: ignore[union-attr]
@@ -211,7 +206,7 @@ class CoPEPlugin(StrategyPlugin):
         for k, v in self.mem.items():
             v[free] = new[k][won]
 
-    def after_eval_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_eval_iteration(self, strategy: Strategy, **kwargs: Any) -> None:
         """Replace the embedding by nearest-prototype class probabilities for the metrics."""
         strategy.mb_output = self.predict_proba(strategy.mb_output)
 
@@ -222,7 +217,7 @@ class CoPEPlugin(StrategyPlugin):
         probs = torch.softmax(logits.masked_fill(~seen, float("-inf")), dim=1)
         return torch.where(seen.any(), probs, torch.full_like(probs, 1.0 / self.n_classes))
 
-    def _embedding(self, strategy: BaseStrategy, **kwargs: Any) -> Tensor:
+    def _embedding(self, strategy: Strategy, **kwargs: Any) -> Tensor:
         """L2-normalise the embedding in ``mb_output`` (the PPP loss is computed on it)."""
         out = strategy.mb_output
         z = out.reshape(out.shape[0], -1)  # type: ignore[union-attr]

@@ -12,15 +12,12 @@ is cleared when its rows are reset: stale momentum would otherwise move the fres
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from raycl.plugins.base import StrategyPlugin
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+from raycl.plugins.base import Strategy, StrategyPlugin
 
 
 def _last_linear_name(model: nn.Module) -> str | None:
@@ -70,7 +67,7 @@ class CWRStarPlugin(StrategyPlugin):
         self.cur_class: list[int] = []
 
     # ---- callbacks --------------------------------------------------------------------------
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Freeze (from the 2nd experience), count the classes, reset the layer's rows."""
         if self.freeze_remaining_model and strategy.clock.train_exp_counter > 0:
             self.freeze_other_layers()
@@ -86,7 +83,7 @@ class CWRStarPlugin(StrategyPlugin):
         for p in layer.parameters():  # stale momentum would move the freshly reset rows
             strategy.optimizer.state.pop(p, None)
 
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Consolidate the rows of the experience's classes and write every consolidated row."""
         self.consolidate_weights()
         self.set_consolidate_weights()

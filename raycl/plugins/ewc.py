@@ -16,24 +16,21 @@ many minibatches at once with ``torch.func.vmap``.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from raycl.checks import check_choice, check_number
 from raycl.plugins._params import (
     QuadraticPenalty,
-    check_number,
     model_forward,
     pad_to,
     snapshot,
     tensor_batches,
     trainable_params,
 )
-from raycl.plugins.base import StrategyPlugin
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+from raycl.plugins.base import Strategy, StrategyPlugin
 
 ParamDict = dict[str, Tensor]
 
@@ -59,16 +56,14 @@ class EWCPlugin(StrategyPlugin):
     def __init__(self, ewc_lambda: float, mode: str = "separate",
                  decay_factor: float | None = None, keep_importance_data: bool = False, *,
                  fisher: str = "minibatch") -> None:
-        self.ewc_lambda = check_number("ewc_lambda", ewc_lambda)
-        if mode not in ("separate", "online"):
-            raise ValueError(f"mode must be 'separate' or 'online', got {mode!r}")
+        self.ewc_lambda = check_number("ewc_lambda", ewc_lambda, low=0.0)
+        check_choice("mode", mode, ("separate", "online"))
         if (decay_factor is None) == (mode == "online"):
             raise ValueError("decay_factor (a number in [0, 1]) is required in online mode and "
                              f"only allowed there; got {decay_factor!r} with mode={mode!r}")
         if decay_factor is not None:
-            decay_factor = check_number("decay_factor", decay_factor, 0.0, 1.0)
-        if fisher not in ("minibatch", "empirical"):
-            raise ValueError(f"fisher must be 'minibatch' or 'empirical', got {fisher!r}")
+            decay_factor = check_number("decay_factor", decay_factor, low=0.0, high=1.0)
+        check_choice("fisher", fisher, ("minibatch", "empirical"))
         self.mode = mode
         self.decay_factor = decay_factor
         self.keep_importance_data = bool(keep_importance_data) or mode == "separate"
@@ -79,16 +74,16 @@ class EWCPlugin(StrategyPlugin):
         self._penalty: QuadraticPenalty | None = None
 
     # ---- callbacks --------------------------------------------------------------------------
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Fold the stored importances into this experience's penalty."""
         self._penalty = self._build_penalty(trainable_params(strategy.model))
 
-    def before_backward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Add the penalty to the loss (nothing before the first importances exist)."""
         if self._penalty:
             strategy.loss = self._penalty.add_to(strategy.loss)
 
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Estimate this experience's importances and save its weights."""
         t, exp = strategy.clock.train_exp_counter, strategy.experience
         self.update_importances(self.compute_importances(

@@ -14,17 +14,15 @@ values and keeps its newly created part as initial value.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from raycl.benchmarks.base import TensorCLDataset
-from raycl.plugins.base import StrategyPlugin
-from raycl.plugins.storage_policy import ClassBalancedStoragePolicy, Group, check_positive_int
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+from raycl.checks import check_int
+from raycl.plugins.base import Strategy, StrategyPlugin
+from raycl.plugins.storage_policy import ClassBalancedStoragePolicy, Group
 
 
 class GDumbPlugin(StrategyPlugin):
@@ -36,7 +34,7 @@ class GDumbPlugin(StrategyPlugin):
 
     def __init__(self, mem_size: int = 200) -> None:
         super().__init__()
-        self.mem_size = check_positive_int("mem_size", mem_size)
+        self.mem_size = check_int("mem_size", mem_size, minimum=1)
         self.storage_policy = ClassBalancedStoragePolicy({}, mem_size, adaptive_size=True)
         self.init_state: dict[str, Tensor] | None = None
 
@@ -45,17 +43,17 @@ class GDumbPlugin(StrategyPlugin):
         """The memory: class (or ``(task, class)``) -> samples."""
         return self.storage_policy.ext_mem
 
-    def after_train_dataset_adaptation(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_train_dataset_adaptation(self, strategy: Strategy, **kwargs: Any) -> None:
         self.storage_policy(strategy)
         groups = [d for d in self.ext_mem.values() if len(d)]
         strategy.adapted_dataset = TensorCLDataset.concat(groups).to(strategy.device)
 
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         # fires after model adaptation, so heads created for this experience are still untrained
         self.reset_model(strategy)
 
     @torch.no_grad()
-    def reset_model(self, strategy: BaseStrategy) -> None:
+    def reset_model(self, strategy: Strategy) -> None:
         """Load the initial weights into ``strategy.model`` (in place) and clear optimizer state."""
         current = strategy.model.state_dict()
         if self.init_state is None:

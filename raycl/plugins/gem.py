@@ -19,29 +19,26 @@ this step take part (the others keep ``grad is None``, so the optimizer leaves t
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from raycl.benchmarks.base import CLDataset, TensorCLDataset
+from raycl.checks import check_int, check_number
 from raycl.models import MultiTaskModule
 from raycl.plugins._params import model_forward
-from raycl.plugins.base import StrategyPlugin
+from raycl.plugins.base import Strategy, StrategyPlugin
 from raycl.plugins.storage_policy import (
-    check_positive_int,
     experience_data,
     load_memory_state,
     memory_state,
     random_subset,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
 
-
-def loss_gradients(strategy: BaseStrategy, params: list[nn.Parameter], x: Tensor, y: Tensor,
+def loss_gradients(strategy: Strategy, params: list[nn.Parameter], x: Tensor, y: Tensor,
                    t: Tensor) -> list[Tensor]:
     """Flattened gradient, per parameter, of the criterion on ``(x, y, t)`` (zeros if unused)."""
     loss = strategy.criterion(model_forward(strategy.model, x, t), y)
@@ -65,7 +62,7 @@ class EpisodicMemory:
         mem = random_subset(dataset, self.patterns_per_experience)
         self.ext_mem[t] = mem.to(device) if device is not None else mem
 
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Add the experience just trained to the memory."""
         self.update_memory(experience_data(strategy), strategy.clock.train_exp_counter,
                            strategy.device)
@@ -87,14 +84,9 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
 
     def __init__(self, patterns_per_experience: int, memory_strength: float) -> None:
         super().__init__()
-        self.patterns_per_experience = check_positive_int("patterns_per_experience",
-                                                          patterns_per_experience)
-        if isinstance(memory_strength, bool) or not isinstance(memory_strength, int | float):
-            raise TypeError(f"memory_strength must be a float >= 0, got "
-                            f"{type(memory_strength).__name__}")
-        if not memory_strength >= 0 or memory_strength == float("inf"):
-            raise ValueError(f"memory_strength must be a finite float >= 0, got {memory_strength}")
-        self.memory_strength = float(memory_strength)
+        self.patterns_per_experience = check_int("patterns_per_experience",
+                                                 patterns_per_experience, minimum=1)
+        self.memory_strength = check_number("memory_strength", memory_strength, low=0.0)
         self.ext_mem: dict[int, TensorCLDataset] = {}
         self._blocks: list[Tensor] | None = None  # per parameter: (past exps, numel)
         self._params: list[nn.Parameter] = []
@@ -103,7 +95,7 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
 
     # ---- memory: update_memory / after_training_exp from EpisodicMemory ------------------------
 
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         # memories of equal size are stacked (experience, sample, ...) for the vectorised pass
         by_size: dict[int, list[int]] = {}
         mems = [m.to(strategy.device) for m in self.ext_mem.values()]
@@ -129,7 +121,7 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
         # lets solve_quadprog(g) be called on a hand-made G, as with the reference's self.G
         self._blocks = None if value is None else [value]
 
-    def before_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_iteration(self, strategy: Strategy, **kwargs: Any) -> None:
         self._blocks = None
         if not self._stacks:
             return
@@ -146,7 +138,7 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
             blocks = [b[order] for b in blocks]
         self._blocks = blocks
 
-    def _gradients_vmap(self, strategy: BaseStrategy) -> list[Tensor] | None:
+    def _gradients_vmap(self, strategy: Strategy) -> list[Tensor] | None:
         """Blocks from one vectorised pass, or None if this model does not support it."""
         if self._vmap_ok is None:  # first use: find out, leaving the RNG as if never tried
             if isinstance(strategy.model, MultiTaskModule):
@@ -169,7 +161,7 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
             return blocks
         return self._vmap_pass(strategy)
 
-    def _vmap_pass(self, strategy: BaseStrategy) -> list[Tensor]:
+    def _vmap_pass(self, strategy: Strategy) -> list[Tensor]:
         """``vmap`` over experiences of ``grad`` of the mean loss on each one's memory."""
         from torch.func import functional_call, grad, vmap
 
@@ -187,7 +179,7 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
         return parts[0] if len(parts) == 1 else [torch.cat(c) for c in zip(*parts, strict=True)]
 
     @torch.no_grad()
-    def after_backward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         if self._blocks is None:
             return
         have = [(b, g) for b, p in zip(self._blocks, self._params, strict=True)

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raycl.plugins._params import at_experience, check_number, check_schedule
-from raycl.plugins.base import StrategyPlugin
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+from raycl.checks import check_number
+from raycl.plugins._params import at_experience, check_schedule
+from raycl.plugins.base import Strategy, StrategyPlugin
 
 
 def _head_module(model: nn.Module) -> nn.Module | None:
@@ -64,7 +62,7 @@ class LwFPlugin(StrategyPlugin):
 
     def __init__(self, alpha: float | Sequence[float] = 1, temperature: float = 2) -> None:
         self.alpha = check_schedule("alpha", alpha)
-        self.temperature = check_number("temperature", temperature, low_open=True)
+        self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
         self.teacher: nn.Module | None = None
         #: task label -> class ids seen by that head (all in task 0 for single-head models)
         self.seen_classes: dict[int, list[int]] = {}
@@ -74,11 +72,11 @@ class LwFPlugin(StrategyPlugin):
         self._heads: tuple[Any, ...] | None = None  # the stacked-heads fast path, per experience
 
     # ---- callbacks --------------------------------------------------------------------------
-    def before_training(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training(self, strategy: Strategy, **kwargs: Any) -> None:
         """Rebuild a teacher loaded from a checkpoint (before any head grows)."""
         self._rebuild_teacher(strategy.model)
 
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Index the distilled units on the device."""
         self._rebuild_teacher(strategy.model)
         # classes 0..k-1 (the usual case) are a slice; anything else an index tensor
@@ -87,17 +85,17 @@ class LwFPlugin(StrategyPlugin):
                        for t, c in self.seen_classes.items()}
         self._heads = self._stack_heads(strategy.model, strategy.device)
 
-    def before_forward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_forward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Capture the multi-head classifier's input features during the training forward."""
         if self.teacher is not None and self._heads is not None:
             self._capture = _Capture(self._heads[0])
 
-    def after_forward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_forward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Stop capturing (the hook lives only during the training forward)."""
         if self._capture is not None:
             self._capture.remove()
 
-    def before_backward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Add ``alpha_t * distillation`` to the loss (nothing before a teacher exists)."""
         if self.teacher is None:
             return
@@ -108,7 +106,7 @@ class LwFPlugin(StrategyPlugin):
         strategy.loss = strategy.loss + alpha * self.penalty(strategy)
 
     @torch.no_grad()
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Record the experience's classes; the current model becomes the teacher."""
         exp = strategy.experience
         task = int(exp.task_label) if self._multi_task(strategy.model) else 0  # type: ignore
@@ -119,7 +117,7 @@ class LwFPlugin(StrategyPlugin):
         self._teacher_state, self._heads = None, None
 
     # ---- distillation -----------------------------------------------------------------------
-    def penalty(self, strategy: BaseStrategy) -> Tensor:
+    def penalty(self, strategy: Strategy) -> Tensor:
         """The distillation loss of the current minibatch (summed over distilled heads)."""
         assert self.teacher is not None
         x, capture, self._capture = strategy.mb_x, self._capture, None

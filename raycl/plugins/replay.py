@@ -11,22 +11,19 @@ memory sample, so class-, task- (multi-head models route by ``mb_task_id``) and 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from raycl.benchmarks.base import TensorCLDataset
-from raycl.plugins.base import StrategyPlugin
+from raycl.checks import check_int
+from raycl.plugins.base import Strategy, StrategyPlugin
 from raycl.plugins.storage_policy import (
     ExperienceBalancedStoragePolicy,
     Group,
     StoragePolicy,
-    check_positive_int,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
 
 
 class ReplayPlugin(StrategyPlugin):
@@ -40,7 +37,7 @@ class ReplayPlugin(StrategyPlugin):
 
     def __init__(self, mem_size: int = 200, storage_policy: StoragePolicy | None = None) -> None:
         super().__init__()
-        self.mem_size = check_positive_int("mem_size", mem_size)
+        self.mem_size = check_int("mem_size", mem_size, minimum=1)
         if storage_policy is None:
             storage_policy = ExperienceBalancedStoragePolicy({}, mem_size, adaptive_size=True)
         elif not isinstance(storage_policy, StoragePolicy):
@@ -59,12 +56,12 @@ class ReplayPlugin(StrategyPlugin):
         """The memory: group -> samples (the storage policy's ``ext_mem``)."""
         return self.storage_policy.ext_mem
 
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         groups = [d for d in self.ext_mem.values() if len(d)]
         self._mem = TensorCLDataset.concat(groups).to(strategy.device) if groups else None
         self._order, self._cursor = None, 0
 
-    def before_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_iteration(self, strategy: Strategy, **kwargs: Any) -> None:
         mem, x, y, t = self._mem, strategy.mb_x, strategy.mb_y, strategy.mb_task_id
         if mem is None or x is None or y is None or t is None:
             return
@@ -73,7 +70,7 @@ class ReplayPlugin(StrategyPlugin):
         strategy.mb_y = torch.cat((y, mem.targets[idx]))
         strategy.mb_task_id = torch.cat((t, mem.task_labels[idx]))
 
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         self.storage_policy(strategy, **kwargs)
         self._mem, self._order = None, None
 

@@ -20,25 +20,22 @@ experiences holds all the state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from raycl.checks import check_int, check_number
 from raycl.plugins._params import (
     QuadraticPenalty,
     accumulate_path_integral,
-    check_number,
     pad_to,
     pick,
     snapshot,
     task_grads,
     trainable_params,
 )
-from raycl.plugins.base import StrategyPlugin
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+from raycl.plugins.base import Strategy, StrategyPlugin
 
 
 class RWalkPlugin(StrategyPlugin):
@@ -51,11 +48,9 @@ class RWalkPlugin(StrategyPlugin):
     """
 
     def __init__(self, ewc_lambda: float = 0.1, ewc_alpha: float = 0.9, delta_t: int = 10) -> None:
-        self.ewc_lambda = check_number("ewc_lambda", ewc_lambda)
-        self.ewc_alpha = check_number("ewc_alpha", ewc_alpha, 0.0, 1.0)
-        if isinstance(delta_t, bool) or not isinstance(delta_t, int) or delta_t < 1:
-            raise ValueError(f"delta_t must be an int >= 1, got {delta_t!r}")
-        self.delta_t = delta_t
+        self.ewc_lambda = check_number("ewc_lambda", ewc_lambda, low=0.0)
+        self.ewc_alpha = check_number("ewc_alpha", ewc_alpha, low=0.0, high=1.0)
+        self.delta_t = check_int("delta_t", delta_t, minimum=1)
         #: by parameter name: Fisher at the end of the last experience, averaged scores, anchors
         self.importance: dict[str, Tensor] = {}
         self.scores: dict[str, Tensor] = {}
@@ -75,7 +70,7 @@ class RWalkPlugin(StrategyPlugin):
 
     # ---- callbacks --------------------------------------------------------------------------
     @torch.no_grad()
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Reset the score window and build this experience's penalty."""
         params = trainable_params(strategy.model)
         self._names, self._params = list(params), list(params.values())
@@ -95,13 +90,13 @@ class RWalkPlugin(StrategyPlugin):
             index = {n: i for i, n in enumerate(self._names)}
             self._pen_pos = [index[n] for n in self._penalty.names]
 
-    def before_backward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Add the penalty to the loss (none during the first experience)."""
         if self._penalty:
             strategy.loss = self._penalty.add_to(strategy.loss)
 
     @torch.no_grad()
-    def after_backward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Fisher moving average from the task-loss gradient; keep the weights before the step."""
         self._grads = pos, grads = task_grads(self._params, self._penalty, self._pen_pos)
         # F = scale * _fisher: decaying F is a scalar update, one pass per iteration instead of 2
@@ -115,7 +110,7 @@ class RWalkPlugin(StrategyPlugin):
         torch._foreach_copy_(self._prev, self._params)
 
     @torch.no_grad()
-    def after_update(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_update(self, strategy: Strategy, **kwargs: Any) -> None:
         """Loss change of the step: ``dL -= g * (theta_new - theta_old)``."""
         pos, grads = self._grads
         accumulate_path_integral(self._loss, self._prev, self._params, pos, grads)
@@ -124,7 +119,7 @@ class RWalkPlugin(StrategyPlugin):
             self._penalty.task_grads = []
 
     @torch.no_grad()
-    def after_training_iteration(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_iteration(self, strategy: Strategy, **kwargs: Any) -> None:
         """Every ``delta_t`` iterations: ``s += dL / (0.5 F (theta - theta_ckpt)^2 + eps)``."""
         if (strategy.clock.train_iterations + 1) % self.delta_t or not self._params:
             return
@@ -139,7 +134,7 @@ class RWalkPlugin(StrategyPlugin):
         torch._foreach_copy_(self._ckpt, self._params)
 
     @torch.no_grad()
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Average the scores with the previous experience's; save the Fisher and weights."""
         for n, f, s in zip(self._names, self._fisher, self._score):
             old = self.scores.get(n)

@@ -22,18 +22,10 @@ import torch
 from torch import Tensor
 
 from raycl.benchmarks.base import CLDataset, TensorCLDataset
+from raycl.checks import check_int
 
 #: A memory group: an experience counter, a class id, or (task label, class id) for task-IL.
 Group = int | tuple[int, int]
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    """``value`` if it is an int >= 1, else a ValueError (TypeError for non-ints) naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
-    return value
 
 
 def balanced_sizes(caps: Sequence[int], budget: int) -> list[int]:
@@ -114,7 +106,7 @@ class StoragePolicy(ABC):
         if not isinstance(ext_mem, dict):
             raise TypeError(f"ext_mem must be a dict, got {type(ext_mem).__name__}")
         self.ext_mem = ext_mem
-        self.mem_size = check_positive_int("mem_size", mem_size)
+        self.mem_size = check_int("mem_size", mem_size, minimum=1)
 
     @abstractmethod
     def __call__(self, data_source: Any, **kwargs: Any) -> None:
@@ -151,7 +143,7 @@ class ExperienceBalancedStoragePolicy(StoragePolicy):
         self.adaptive_size = bool(adaptive_size)
         self.num_experiences = num_experiences
         if not self.adaptive_size:
-            check_positive_int("num_experiences", num_experiences)
+            check_int("num_experiences", num_experiences, minimum=1)
 
     def subsample_single(self, data: CLDataset, new_size: int) -> TensorCLDataset:
         """``data`` randomly subsampled to at most ``new_size`` samples."""
@@ -202,7 +194,7 @@ class ClassBalancedStoragePolicy(StoragePolicy):
         self.adaptive_size = bool(adaptive_size)
         self.total_num_classes = total_num_classes
         if not self.adaptive_size:
-            check_positive_int("total_num_classes", total_num_classes)
+            check_int("total_num_classes", total_num_classes, minimum=1)
 
     def __call__(self, data_source: Any, **kwargs: Any) -> None:
         device = data_source.device

@@ -22,25 +22,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fnmatch import fnmatch
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from raycl.checks import check_number
 from raycl.plugins._params import (
     QuadraticPenalty,
     accumulate_path_integral,
     at_experience,
-    check_number,
     check_schedule,
     pad_to,
     task_grads,
 )
-from raycl.plugins.base import StrategyPlugin
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raycl.training.strategy import BaseStrategy
+from raycl.plugins.base import Strategy, StrategyPlugin
 
 
 class SynapticIntelligencePlugin(StrategyPlugin):
@@ -73,7 +70,7 @@ class SynapticIntelligencePlugin(StrategyPlugin):
             except (RuntimeError, TypeError) as e:
                 raise ValueError(f"device must be 'as_strategy' or a device: {e}") from None
         self.device = device
-        self.eps = check_number("eps", eps, low_open=True)
+        self.eps = check_number("eps", eps, low=0.0, low_open=True)
         #: accumulated importance and the weights at the end of the last experience, by name
         self.omega: dict[str, Tensor] = {}
         self.theta_star: dict[str, Tensor] = {}
@@ -96,7 +93,7 @@ class SynapticIntelligencePlugin(StrategyPlugin):
                 and not any(fnmatch(n, pat) for pat in self._patterns)}
 
     # ---- callbacks --------------------------------------------------------------------------
-    def before_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Start the path integrals and build this experience's penalty."""
         params = self.tracked_parameters(strategy.model)
         self._names, self._params = list(params), list(params.values())
@@ -111,19 +108,19 @@ class SynapticIntelligencePlugin(StrategyPlugin):
             index = {n: i for i, n in enumerate(self._names)}
             self._pen_pos = [index[n] for n in self._penalty.names]
 
-    def before_backward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def before_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Add the penalty to the loss (none during the first experience)."""
         if self._penalty:
             strategy.loss = self._penalty.add_to(strategy.loss)
 
     @torch.no_grad()
-    def after_backward(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Keep the task-loss gradient and the weights before the update."""
         self._grads = task_grads(self._params, self._penalty, self._pen_pos)
         torch._foreach_copy_(self._prev, self._params)
 
     @torch.no_grad()
-    def after_update(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_update(self, strategy: Strategy, **kwargs: Any) -> None:
         """Path integral: ``w += -g * (theta_new - theta_old)``."""
         pos, grads = self._grads
         accumulate_path_integral(self._path, self._prev, self._params, pos, grads)
@@ -132,7 +129,7 @@ class SynapticIntelligencePlugin(StrategyPlugin):
             self._penalty.task_grads = []
 
     @torch.no_grad()
-    def after_training_exp(self, strategy: BaseStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """``Omega += relu(w / ((theta_end - theta_start)^2 + eps))``; ``theta* = theta_end``."""
         dev = strategy.device if isinstance(self.device, str) else self.device
         for n, p, start, w in zip(self._names, self._params, self._start, self._path):

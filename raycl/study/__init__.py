@@ -1,10 +1,19 @@
-"""Studies: the study file format, its validation, the trial runner and the Parquet results.
+"""What a study is: the study file format, its validation, its trials, the Parquet results.
 
 A study file defines ``study = Study(...)`` (see :mod:`raycl.study.spec`); ``python -m
-raycl.study STUDY_FILE`` validates it, runs it on Ray Tune and writes ``trials.parquet``,
-``matrix.parquet`` and ``curves.parquet`` under ``<storage>/<study name>/``. Nothing here imports
-Ray except what needs Tune domains (the loader's space checks import ``ray.tune``, which starts
-nothing); running trials is :mod:`raycl.tune`'s job.
+raycl.study STUDY_FILE`` validates it, plans its trials and hands them to :mod:`raycl.tune`,
+which runs them on Ray Tune and writes ``trials.parquet``, ``matrix.parquet`` and
+``curves.parquet`` under ``<storage>/<study name>/``.
+
+The modules, lowest first: :mod:`~raycl.study.schema` (every column and metric name),
+:mod:`~raycl.study.spec` (the study file's vocabulary and :class:`TrialSpec`),
+:mod:`~raycl.study.space` (search spaces), :mod:`~raycl.study.selection` (the best config of an
+arm), :mod:`~raycl.study.results` (the Parquet tables), :mod:`~raycl.study.build`,
+:mod:`~raycl.study.loader` (loading and validating a study file), :mod:`~raycl.study.summary`
+(what the command prints), :mod:`~raycl.study.plan` (overrides, trials, the resume plan:
+:func:`prepare_run`), :mod:`~raycl.study.trial` (one trial, without Ray). Nothing here starts
+or drives Ray; Ray Tune's domain classes (``tune.loguniform`` ...) are the study file's
+vocabulary and are used here.
 """
 
 from __future__ import annotations
@@ -20,10 +29,14 @@ from raycl.study.spec import (
     Benchmark,
     Model,
     Optimizer,
+    PerExperience,
     Resources,
     Study,
+    TrialSpec,
     UnknownFieldError,
+    make_trial,
     no_plugins,
+    trial_key,
 )
 
 # name -> submodule; loaded on first use (they import torch, pandas and ray.tune).
@@ -34,19 +47,23 @@ _LAZY = {
     "validate_study": "loader",
     "apply_overrides": "plan",
     "plan_trials": "plan",
+    "prepare_run": "plan",
+    "PreparedRun": "plan",
+    "RunError": "plan",
+    "StudySource": "plan",
     "ResultStore": "results",
-    "SCHEMA_VERSION": "results",
+    "SCHEMA_VERSION": "schema",
+    "FINAL_METRICS": "schema",
+    "PER_EXPERIENCE_METRICS": "schema",
     "run_trial": "trial",
-    "make_trial": "trial",
-    "trial_key": "trial",
     "serialize_state": "trial",
     "deserialize_state": "trial",
-    "FINAL_METRICS": "trial",
-    "PER_EXPERIENCE_METRICS": "trial",
 }
 
 __all__ = ["BENCHMARKS", "MODELS", "OPTIMIZERS", "Arm", "Benchmark", "Model", "Optimizer",
-           "Resources", "Study", "UnknownFieldError", "no_plugins", *_LAZY]
+           "PerExperience", "Resources", "Study", "TrialSpec", "UnknownFieldError", "make_trial",
+           "no_plugins",
+           "trial_key", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -35,6 +35,19 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _seed_list(text: str) -> list[int]:
+    if text.strip().lower() == "none":
+        return []
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seeds like 3,4,5 or 'none', got {text}") \
+            from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"must be distinct seeds >= 0, got {text}")
+    return seeds
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     p = argparse.ArgumentParser(
@@ -71,6 +84,13 @@ def parser() -> argparse.ArgumentParser:
                    help="run the trials as successive Ray Tune runs of at most N, so the "
                         "driver's memory stays flat on long studies (default: 500, or 20 per "
                         "trial the cluster runs at once if more; 0: one run)")
+    p.add_argument("--selection", default=None,
+                   choices=("valid", "test", "first_tasks", "first_task", "per_experience"),
+                   help="how each arm's config is chosen (overrides the study's; default "
+                        "'valid': on the validation stream, reported on test)")
+    p.add_argument("--confirm-seeds", type=_seed_list, default=None, metavar="S,S,...",
+                   help="rerun each arm's chosen config on these seeds and report those runs "
+                        "('none': no confirmation; default: the study's, else 3 fresh seeds)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the study and print the trials that would run")
     return p
@@ -80,33 +100,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parser().parse_args(argv)
     from raycl.study.loader import StudyError
+    from raycl.study.plan import RunError, arm_budget, prepare_run
+    from raycl.study.summary import describe, resources_text
 
     try:
-        from raycl.tune.runner import RunError, prepare_run, resources_text, run_study
-    except ImportError as err:  # Ray missing: still a one-line error
-        print(f"error: cannot import the Ray Tune layer: {err}", file=sys.stderr)
-        return 2
-    options = dict(storage=args.storage, num_samples=args.num_samples,
-                   max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
-                   cpus_per_trial=args.cpus_per_trial, resume=args.resume, smoke=args.smoke)
-    try:
-        prepared = prepare_run(args.study_file, check_storage=not args.dry_run, **options)
+        prepared = prepare_run(
+            args.study_file, storage=args.storage, num_samples=args.num_samples,
+            max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
+            cpus_per_trial=args.cpus_per_trial, resume=args.resume, smoke=args.smoke,
+            check_storage=not args.dry_run, selection=args.selection,
+            confirm_seeds=args.confirm_seeds)
     except (StudyError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        from raycl.study.plan import arm_budget
-        from raycl.study.summary import describe
-
         study = prepared.study
         for line in describe(study, prepared.trials, arm_budget(study), resources_text(study)):
             print(line)
         print(f"results would go to {prepared.store.uri}")
         return 0
     try:
-        outcome = run_study(args.study_file, address=args.address, prepared=prepared,
-                            dashboard_host=args.dashboard_host,
-                            trials_per_batch=args.trials_per_batch, **options)
+        # The one import that runs upward: this entry point hands the planned run to Ray.
+        from raycl.tune.runner import run_study
+    except ImportError as err:  # Ray missing: still a one-line error
+        print(f"error: cannot import the Ray Tune layer: {err}", file=sys.stderr)
+        return 2
+    try:
+        outcome = run_study(prepared, address=args.address, dashboard_host=args.dashboard_host,
+                            trials_per_batch=args.trials_per_batch)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

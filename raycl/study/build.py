@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from raycl.benchmarks.base import CLBenchmark
+from raycl.benchmarks.registry import benchmark_entry
 from raycl.study.spec import Arm, Benchmark, Model, Optimizer
 
 __all__ = [
@@ -22,52 +23,47 @@ __all__ = [
     "input_shape",
     "nominal_shape",
     "resolve_model_name",
+    "slice_benchmark",
 ]
 
 #: Space names that override the study's training settings for an arm.
 OVERRIDABLE: tuple[str, ...] = ("lr", "momentum", "weight_decay", "train_epochs",
                                 "train_mb_size")
 
-# Shape of one sample and number of classes of each benchmark, known without loading the data
-# (validation builds models from these on the driver).
-_NOMINAL: dict[str, tuple[tuple[int, ...], int]] = {
-    "split_digits": ((64,), 10), "permuted_digits": ((64,), 10), "rotated_digits": ((64,), 10),
-    "split_mnist": ((784,), 10), "split_fashion_mnist": ((784,), 10),
-    "permuted_mnist": ((784,), 10), "split_cifar10": ((3, 32, 32), 10),
-    "split_cifar100": ((3, 32, 32), 100),
-}
-
-
 def nominal_shape(spec: Benchmark) -> tuple[tuple[int, ...], int]:
     """(sample shape, number of classes) of a benchmark, without loading it."""
-    return _NOMINAL[spec.name]
+    entry = benchmark_entry(spec.name)
+    return entry.input_shape, entry.n_classes
 
 
 def build_benchmark(spec: Benchmark, trial_seed: int) -> CLBenchmark:
     """The benchmark of ``spec``; ``spec.seed=None`` uses the trial's seed."""
-    import raycl.benchmarks as b
+    return benchmark_entry(spec.name).build(
+        spec.n_experiences, seed=trial_seed if spec.seed is None else spec.seed,
+        task_labels=spec.resolved_scenario == "task", root=spec.root, download=spec.download,
+        validation_size=spec.validation_size)
 
-    seed = trial_seed if spec.seed is None else spec.seed
-    task = spec.resolved_scenario == "task"
-    n = spec.n_experiences
-    if spec.name == "split_digits":
-        return b.SplitDigits(n, return_task_id=task, seed=seed)
-    if spec.name == "permuted_digits":
-        return b.PermutedDigits(n, seed=seed, return_task_id=task)
-    if spec.name == "rotated_digits":
-        return b.RotatedDigits(n, seed=seed, return_task_id=task)
-    files = {"root": spec.root, "download": spec.download}
-    if spec.name == "split_mnist":
-        return b.SplitMNIST(n, return_task_id=task, seed=seed, **files)
-    if spec.name == "split_fashion_mnist":
-        return b.SplitFashionMNIST(n, return_task_id=task, seed=seed, **files)
-    if spec.name == "permuted_mnist":
-        return b.PermutedMNIST(n, seed=seed, return_task_id=task, **files)
-    if spec.name == "split_cifar10":
-        return b.SplitCIFAR10(n, return_task_id=task, seed=seed, **files)
-    if spec.name == "split_cifar100":
-        return b.SplitCIFAR100(n, return_task_id=task, seed=seed, **files)
-    raise ValueError(f"benchmark.name: unknown benchmark {spec.name!r}")
+
+def slice_benchmark(bench: CLBenchmark, start: int, stop: int) -> CLBenchmark:
+    """Experiences ``[start, stop)`` of ``bench`` as a benchmark of their own, numbered from 0
+    (the learner sees a stream of ``stop - start`` experiences; task labels and classes stay)."""
+    from raycl.benchmarks.base import Experience
+
+    n = bench.n_experiences
+    if not (0 <= start < stop <= n):
+        raise ValueError(f"stream: experiences [{start}, {stop}) are not within the "
+                         f"{n} experiences of {bench.name}")
+
+    def part(stream: list[Experience]) -> list[Experience]:
+        return [Experience(e.dataset, e.current_experience - start,
+                           list(e.classes_in_this_experience), e.task_label, e.origin_stream)
+                for e in stream[start:stop]]
+
+    return CLBenchmark(part(bench.train_stream), part(bench.test_stream), bench.n_classes,
+                       list(bench.classes_order), bench.task_labels,
+                       f"{bench.name}[{start}:{stop}]",
+                       list(bench.original_classes_in_exp[start:stop]),
+                       part(bench.valid_stream))
 
 
 def input_shape(bench: CLBenchmark) -> tuple[int, ...]:

@@ -12,15 +12,33 @@ from __future__ import annotations
 import hashlib
 import importlib.abc
 import importlib.util
-import math
 import re
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from raycl.benchmarks.registry import benchmark_entry
+from raycl.benchmarks.validation import check_validation_size
+from raycl.checks import (
+    check_choice,
+    check_int,
+    check_number,
+    check_optional_int,
+    check_rate,
+    check_seed,
+)
+from raycl.study.protocol import PROTOCOLS
+from raycl.study.schema import (
+    FINAL_METRICS,
+    PER_EXPERIENCE_METRICS,
+    accuracy_column,
+    is_produced_metric,
+    loss_column,
+)
+from raycl.study.space import arm_rng, check_space, is_domain, is_grid, sample_configs, to_plain
 from raycl.study.spec import (
     BENCHMARKS,
     MODELS,
@@ -30,7 +48,7 @@ from raycl.study.spec import (
     UnknownFieldError,
 )
 
-__all__ = ["StudyError", "load_study", "load_study_source", "validate_study"]
+__all__ = ["StudyError", "load_study", "load_study_source", "read_study_file", "validate_study"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -117,6 +135,17 @@ def load_study_source(filename: str | Path, source: str, *, validate: bool = Tru
     return study
 
 
+def read_study_file(path: str | Path) -> str:
+    """The text of the study file at ``path``; :class:`StudyError` when it cannot be read."""
+    p = Path(path)
+    if not p.is_file():
+        raise StudyError(path, "file", "no such file" if not p.exists() else "not a file")
+    try:
+        return p.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise StudyError(path, "file", f"cannot read: {err}") from None
+
+
 def load_study(path: str | Path, *, validate: bool = True) -> Study:
     """Import the study file at ``path`` and return its ``study``, validated.
 
@@ -124,40 +153,32 @@ def load_study(path: str | Path, *, validate: bool = True) -> Study:
     an empty space (unless ``baseline=True``), a space value that is neither a Tune domain nor a
     constant, a metric trials do not produce, and hyperparameters the plugins reject.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise StudyError(path, "file", "no such file" if not p.exists() else "not a file")
-    try:
-        source = p.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise StudyError(path, "file", f"cannot read: {err}") from None
-    return load_study_source(str(path), source, validate=validate)
+    return load_study_source(str(path), read_study_file(path), validate=validate)
 
 
 # ---- validation ----------------------------------------------------------------------------------
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+Problems = list[tuple[str, str]]
 
 
-def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def _check(cond: bool, problems: list[tuple[str, str]], field: str, what: str) -> None:
+def _check(cond: bool, problems: Problems, field: str, what: str) -> None:
     if not cond:
         problems.append((field, what))
 
 
-#: Number of classes of the benchmarks that split classes over experiences.
-_SPLIT_CLASSES = {"split_digits": 10, "split_mnist": 10, "split_fashion_mnist": 10,
-                  "split_cifar10": 10, "split_cifar100": 100}
+def _checked(problems: Problems, field: str, check: Callable[..., Any], value: Any,
+             *args: Any, **kwargs: Any) -> bool:
+    """Run ``check(field, value, ...)`` (a :mod:`raycl.checks` check); a failure becomes a
+    problem of ``field``. True when the value passed."""
+    try:
+        check(field, value, *args, **kwargs)
+    except (TypeError, ValueError) as err:
+        problems.append((field, str(err).removeprefix(f"{field} ")))
+        return False
+    return True
 
 
-def _settings_problems(study: Study) -> list[tuple[str, str]]:
-    from raycl.study.trial import is_produced_metric
-
-    p: list[tuple[str, str]] = []
+def _settings_problems(study: Study) -> Problems:
+    p: Problems = []
     _check(isinstance(study.name, str) and bool(_NAME.match(study.name)), p, "name",
            f"must be letters, digits, '_', '-' or '.', got {study.name!r}")
     b = study.benchmark
@@ -166,72 +187,117 @@ def _settings_problems(study: Study) -> list[tuple[str, str]]:
     if b.name in BENCHMARKS:
         _check(b.resolved_scenario in BENCHMARKS[b.name], p, "benchmark.scenario",
                f"{b.name} supports {' or '.join(BENCHMARKS[b.name])}, got {b.scenario!r}")
-    _check(_is_int(b.n_experiences, 1), p, "benchmark.n_experiences",
-           f"must be an int >= 1, got {b.n_experiences!r}")
-    n_classes = _SPLIT_CLASSES.get(b.name)
-    if n_classes is not None and _is_int(b.n_experiences, 1):
+    if _checked(p, "benchmark.n_experiences", check_int, b.n_experiences, minimum=1) \
+            and b.name in BENCHMARKS:
+        entry = benchmark_entry(b.name)
         # caught here rather than inside every trial, where it would fail them all
-        _check(n_classes % b.n_experiences == 0, p, "benchmark.n_experiences",
-               f"{b.name} has {n_classes} classes, which {b.n_experiences} experiences "
-               "do not divide evenly")
-    _check(b.seed is None or _is_int(b.seed, 0), p, "benchmark.seed",
-           f"must be None or an int >= 0, got {b.seed!r}")
+        _check(not entry.splits_classes or entry.n_classes % b.n_experiences == 0, p,
+               "benchmark.n_experiences", f"{b.name} has {entry.n_classes} classes, which "
+               f"{b.n_experiences} experiences do not divide evenly")
+    _checked(p, "benchmark.seed", check_seed, b.seed)
     m = study.model
-    _check(m.name in MODELS, p, "model.name",
-           f"unknown model {m.name!r}; choose one of {', '.join(MODELS)}")
-    _check(_is_int(m.hidden_size, 1), p, "model.hidden_size", f"must be an int >= 1, got "
-                                                             f"{m.hidden_size!r}")
-    _check(_is_int(m.hidden_layers, 0), p, "model.hidden_layers",
-           f"must be an int >= 0, got {m.hidden_layers!r}")
-    _check(_is_number(m.drop_rate) and 0 <= m.drop_rate < 1, p, "model.drop_rate",
-           f"must be in [0, 1), got {m.drop_rate!r}")
+    _checked(p, "model.name", check_choice, m.name, MODELS)
+    _checked(p, "model.hidden_size", check_int, m.hidden_size, minimum=1)
+    _checked(p, "model.hidden_layers", check_int, m.hidden_layers, minimum=0)
+    _checked(p, "model.drop_rate", check_rate, m.drop_rate)
     o = study.optimizer
-    _check(o.name in OPTIMIZERS, p, "optimizer.name",
-           f"unknown optimizer {o.name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    _check(_is_number(o.lr) and o.lr > 0, p, "optimizer.lr", f"must be > 0, got {o.lr!r}")
-    _check(_is_number(o.momentum) and 0 <= o.momentum < 1, p, "optimizer.momentum",
-           f"must be in [0, 1), got {o.momentum!r}")
-    _check(_is_number(o.weight_decay) and o.weight_decay >= 0, p, "optimizer.weight_decay",
-           f"must be >= 0, got {o.weight_decay!r}")
+    _checked(p, "optimizer.name", check_choice, o.name, OPTIMIZERS)
+    _checked(p, "optimizer.lr", check_number, o.lr, low=0.0, low_open=True)
+    _checked(p, "optimizer.momentum", check_rate, o.momentum)
+    _checked(p, "optimizer.weight_decay", check_number, o.weight_decay, low=0.0)
     for name in ("train_epochs", "train_mb_size", "eval_mb_size", "num_samples"):
-        value = getattr(study, name)
-        _check(_is_int(value, 1), p, name, f"must be an int >= 1, got {value!r}")
+        _checked(p, name, check_int, getattr(study, name), minimum=1)
     seeds = study.seeds
     _check(isinstance(seeds, (list, tuple)) and len(seeds) > 0
-           and all(_is_int(s, 0) for s in seeds) and len(set(seeds)) == len(seeds), p, "seeds",
+           and all(_passes(check_int, "seed", s, minimum=0) for s in seeds)
+           and len(set(seeds)) == len(seeds), p, "seeds",
            f"must be a non-empty list of distinct ints >= 0, got {seeds!r}")
     _check(isinstance(study.metric, str) and is_produced_metric(study.metric), p, "metric",
-           f"{study.metric!r} is not a metric trials report; use final_avg_accuracy, "
-           f"avg_forgetting, bwt, fwt, avg_accuracy, stream_accuracy, stream_loss, "
-           f"train_time_s, peak_memory_mb, acc_exp_NNN or loss_exp_NNN")
-    _check(study.mode in ("max", "min"), p, "mode", f"must be 'max' or 'min', got "
-                                                    f"{study.mode!r}")
-    _check(study.scheduler in (None, "asha"), p, "scheduler",
-           f"must be None or 'asha', got {study.scheduler!r}")
-    _check(study.search in ("random", "grid", "optuna"), p, "search",
-           f"must be 'random', 'grid' or 'optuna', got {study.search!r}")
+           f"{study.metric!r} is not a metric trials report; use "
+           f"{', '.join((*FINAL_METRICS, *PER_EXPERIENCE_METRICS))}, "
+           f"{accuracy_column(0).removesuffix('000')}NNN or "
+           f"{loss_column(0).removesuffix('000')}NNN")
+    _checked(p, "mode", check_choice, study.mode, ("max", "min"))
+    _checked(p, "scheduler", check_choice, study.scheduler, (None, "asha"))
+    _checked(p, "search", check_choice, study.search, ("random", "grid", "optuna"))
     if study.search == "optuna" and importlib.util.find_spec("optuna") is None:
         p.append(("search", "'optuna' needs the optuna package (pip install 'raycl[optuna]')"))
-    _check(_is_int(study.search_seed, 0), p, "search_seed",
-           f"must be an int >= 0, got {study.search_seed!r}")
+    _checked(p, "search_seed", check_int, study.search_seed, minimum=0)
     r = study.resources
-    _check(r.gpus_per_trial is None or (_is_number(r.gpus_per_trial) and r.gpus_per_trial >= 0),
-           p, "resources.gpus_per_trial", f"must be None or >= 0, got {r.gpus_per_trial!r}")
-    _check(_is_number(r.cpus_per_trial) and r.cpus_per_trial >= 0, p,
-           "resources.cpus_per_trial", f"must be >= 0, got {r.cpus_per_trial!r}")
-    _check(_is_int(study.max_failures, 0), p, "max_failures",
-           f"must be an int >= 0, got {study.max_failures!r}")
-    _check(study.max_concurrent is None or _is_int(study.max_concurrent, 1), p,
-           "max_concurrent", f"must be None or an int >= 1, got {study.max_concurrent!r}")
+    if r.gpus_per_trial is not None:
+        _checked(p, "resources.gpus_per_trial", check_number, r.gpus_per_trial, low=0.0)
+    _checked(p, "resources.cpus_per_trial", check_number, r.cpus_per_trial, low=0.0)
+    _checked(p, "max_failures", check_int, study.max_failures, minimum=0)
+    _checked(p, "max_concurrent", check_optional_int, study.max_concurrent, minimum=1)
     # 2 at least: a corrupt last checkpoint falls back to the one before it
-    _check(study.keep_checkpoints is None or _is_int(study.keep_checkpoints, 2), p,
-           "keep_checkpoints", f"must be None or an int >= 2, got {study.keep_checkpoints!r}")
+    _checked(p, "keep_checkpoints", check_optional_int, study.keep_checkpoints, minimum=2)
+    return p + _selection_problems(study)
+
+
+def _selection_problems(study: Study) -> Problems:
+    """The selection protocol's settings, and what it needs of the rest of the study."""
+    p: Problems = []
+    if not _checked(p, "selection", check_choice, study.selection, PROTOCOLS):
+        return p
+    b = study.benchmark
+    if b.validation_size is not None:
+        _checked(p, "benchmark.validation_size", lambda name, v: check_validation_size(v),
+                 b.validation_size)
+    elif study.selection != "test":
+        p.append(("benchmark.validation_size", f"selection={study.selection!r} chooses on the "
+                  "validation stream: give the benchmark a validation_size (default 0.1), or "
+                  "select on 'test' (optimistic)"))
+    n = b.n_experiences if _passes(check_int, "n", b.n_experiences, minimum=1) else None
+    if study.selection == "first_tasks" and n is not None:
+        _checked(p, "tuning_experiences", check_int, study.tuning_experiences, minimum=1,
+                 maximum=max(1, n - 1))
+    if study.confirm_seeds is not None:
+        seeds = study.confirm_seeds
+        _check(isinstance(seeds, (list, tuple))
+               and all(_passes(check_int, "seed", s, minimum=0) for s in seeds)
+               and len(set(seeds)) == len(seeds)
+               and not set(seeds) & set(study.seeds if isinstance(study.seeds, list) else []),
+               p, "confirm_seeds", f"must be a list of distinct ints >= 0 that are not among "
+                                   f"the study's seeds, got {seeds!r}")
+    if study.selection == "per_experience":
+        pe = study.per_experience
+        _check(isinstance(pe.lr_grid, (list, tuple)) and len(pe.lr_grid) > 0
+               and all(_passes(check_number, "lr", v, low=0.0, low_open=True)
+                       for v in pe.lr_grid), p, "per_experience.lr_grid",
+               f"must be a non-empty list of learning rates > 0, got {pe.lr_grid!r}")
+        _checked(p, "per_experience.alpha", check_number, pe.alpha, low=0.0, high=1.0,
+                 low_open=True, high_open=True)
+        _checked(p, "per_experience.p", check_rate, pe.p)
+        _checked(p, "per_experience.max_decays", check_int, pe.max_decays, minimum=0)
+        _check(study.search != "optuna", p, "search",
+               "per_experience selection chooses its own candidates: use search='random'")
+        _check(study.scheduler is None, p, "scheduler",
+               "per_experience selection trains one experience per trial: no scheduler")
+        for arm in study.arms if isinstance(study.arms, (list, tuple)) else []:
+            if not isinstance(arm, Arm):
+                continue
+            where = f"arms[{arm.name}]"
+            searched = [k for k, v in arm.space.items() if is_domain(v) or is_grid(v)]
+            _check(not searched, p, f"{where}.space", f"per_experience selection searches only "
+                   f"the learning rate and the stability parameter; {searched} are searched")
+            if arm.stability is not None:
+                _check(isinstance(arm.stability, str), p, f"{where}.stability",
+                       f"must be a config key, got {arm.stability!r}")
+                _checked(p, f"{where}.stability_start", check_number, arm.stability_start,
+                         low=0.0, low_open=True)
     return p
 
 
-def _arm_problems(study: Study) -> list[tuple[str, str]]:
-    from raycl.tune.space import check_space
+def _passes(check: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    """Whether a :mod:`raycl.checks` check accepts its arguments."""
+    try:
+        check(*args, **kwargs)
+    except (TypeError, ValueError):
+        return False
+    return True
 
+
+def _arm_problems(study: Study) -> list[tuple[str, str]]:
     p: list[tuple[str, str]] = []
     if not isinstance(study.arms, (list, tuple)) or not study.arms:
         return [("arms", "must be a non-empty list of Arm")]
@@ -252,7 +318,8 @@ def _arm_problems(study: Study) -> list[tuple[str, str]]:
         if not isinstance(arm.space, Mapping):
             p.append((f"{where}.space", f"must be a dict, got {type(arm.space).__name__}"))
             continue
-        if not arm.space and not arm.baseline:
+        if not arm.space and not arm.baseline and not (
+                study.selection == "per_experience" and arm.stability):
             p.append((f"{where}.space", "empty search space: give the arm a parameter to "
                                         "search, or mark it Arm(..., baseline=True)"))
         for key, what in check_space(arm.space, study.search):
@@ -265,7 +332,6 @@ def _bound_configs(space: Mapping[str, Any]) -> list[dict[str, Any]]:
     import numpy as np
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    from raycl.tune.space import is_domain, is_grid, to_plain
 
     rng = np.random.default_rng(0)
     base: dict[str, Any] = {}
@@ -303,7 +369,6 @@ def _sample_problems(study: Study) -> list[tuple[str, str]]:
         build_plugins,
         nominal_shape,
     )
-    from raycl.tune.space import arm_rng, sample_configs
 
     model = None
     for arm in study.arms:
@@ -311,6 +376,11 @@ def _sample_problems(study: Study) -> list[tuple[str, str]]:
                                                                         arm.name),
                                  "grid" if study.search == "grid" else "random")
         configs = configs[:200] + _bound_configs(arm.space)
+        if study.selection == "per_experience":  # the values the protocol will set
+            lr = {"lr": study.per_experience.lr_grid[0]}
+            configs = [{**c, **lr, **({arm.stability: v} if arm.stability else {})}
+                       for c in configs[:1]
+                       for v in (0.0, arm.stability_start or 0.0)]
         if arm_needs_model(arm) and model is None:
             shape, n_classes = nominal_shape(study.benchmark)
             model = build_model(study.model, shape, n_classes,
@@ -322,8 +392,8 @@ def _sample_problems(study: Study) -> list[tuple[str, str]]:
                     build_optimizer(study.optimizer, [torch.zeros(1, requires_grad=True)],
                                     config)
                     for k in ("train_epochs", "train_mb_size"):
-                        if k in config and not _is_int(config[k], 1):
-                            raise ValueError(f"{k} must be an int >= 1, got {config[k]!r}")
+                        if k in config:
+                            check_int(k, config[k], minimum=1)
                 build_plugins(arm, config, model)
             except (ValueError, TypeError) as err:
                 named = [k for k in config if re.search(rf"\b{re.escape(k)}\b", str(err))]

@@ -1,34 +1,80 @@
-"""The trials a study runs: CLI overrides, the deterministic trial list, the settings trials get.
+"""Planning a run: the command line's overrides, the deterministic trial list, the resume plan.
 
 For 'random' and 'grid' search the whole trial list is known before Ray starts: each arm's
 configs (sampled with a generator seeded from ``study.search_seed`` and the arm name) crossed with
 every seed. The list is the same on every run of the same study file and options, which is what
 lets ``--resume`` skip the trials already done and ``--dry-run`` print exactly what would run.
 Optuna studies choose configs as results arrive; only their budget is known up front.
+
+:func:`prepare_run` turns a study file and the command line's options into a
+:class:`PreparedRun`: the validated study, its :class:`TrialSpec` list, its
+:class:`StudySource` (what every trial process loads the study from) and its result store.
+Nothing here starts Ray; :mod:`raycl.tune` executes a prepared run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from raycl.study.spec import Benchmark, Model, Optimizer, Resources, Study
-from raycl.study.trial import make_trial
+import pandas as pd
 
-__all__ = ["apply_overrides", "apply_settings", "arm_budget", "plan_trials", "settings_of"]
+from raycl.study.loader import load_study_source, read_study_file, validate_study
+from raycl.study.protocol import (
+    Batch,
+    first_trials,
+    next_batch,
+    rank_column,
+    search_phase,
+    selection_frame,
+)
+from raycl.study.results import ResultStore
+from raycl.study.schema import ARM, CONFIG, PHASE, SEED, STATUS, TERMINATED
+from raycl.study.spec import (
+    Benchmark,
+    Model,
+    Optimizer,
+    PerExperience,
+    Resources,
+    Study,
+    TrialSpec,
+    make_trial,
+    trial_key,
+)
 
-_SPECS = {"benchmark": Benchmark, "model": Model, "optimizer": Optimizer, "resources": Resources}
+__all__ = ["PreparedRun", "RunError", "StudySource", "TrialSpec", "apply_overrides",
+           "apply_settings", "arm_budget", "make_trial", "plan_trials", "prepare_run",
+           "settings_of", "trial_key"]
+
+_SPECS = {"benchmark": Benchmark, "model": Model, "optimizer": Optimizer, "resources": Resources,
+          "per_experience": PerExperience}
+
+
+class RunError(Exception):
+    """A run that must not start (one line): results already there, nothing to resume, ..."""
 
 
 def apply_overrides(study: Study, *, num_samples: int | None = None,
                     max_concurrent: int | None = None, gpus_per_trial: float | None = None,
-                    cpus_per_trial: float | None = None, smoke: bool = False) -> Study:
+                    cpus_per_trial: float | None = None, smoke: bool = False,
+                    selection: str | None = None,
+                    confirm_seeds: list[int] | None = None) -> Study:
     """A copy of ``study`` with the CLI's options applied.
 
-    ``smoke`` gives one sample per arm, the first seed only and one epoch per experience, under
-    the name ``<name>-smoke`` so a check never mixes with the real results.
+    ``smoke`` gives one sample per arm, the first seed only, one epoch per experience and no
+    confirmation runs, under the name ``<name>-smoke`` so a check never mixes with the real
+    results.
     """
     changes: dict[str, Any] = {}
+    if selection is not None:
+        changes["selection"] = selection
+    if confirm_seeds is not None:
+        changes["confirm_seeds"] = list(confirm_seeds)
     if num_samples is not None:
         changes["num_samples"] = num_samples
     if max_concurrent is not None:
@@ -40,27 +86,16 @@ def apply_overrides(study: Study, *, num_samples: int | None = None,
             cpus_per_trial=r.cpus_per_trial if cpus_per_trial is None else cpus_per_trial)
     if smoke:
         changes.update(name=f"{study.name}-smoke", num_samples=1, seeds=list(study.seeds[:1]),
-                       train_epochs=1)
+                       train_epochs=1, confirm_seeds=[])
     return dataclasses.replace(study, **changes)
 
 
-def plan_trials(study: Study, smoke: bool = False) -> list[dict[str, Any]]:
-    """Every trial of a 'random' or 'grid' study, in run order: arm by arm, config by config,
-    seed by seed. ``smoke`` keeps each arm's first config and forces one epoch."""
-    from raycl.tune.space import arm_rng, sample_configs
-
-    if study.search == "optuna":
+def plan_trials(study: Study, smoke: bool = False) -> list[TrialSpec]:
+    """Every trial of the first phase of a 'random' or 'grid' study, in run order: arm by arm,
+    config by config, seed by seed (see ``raycl.study.protocol.first_trials``)."""
+    trials = first_trials(study, smoke=smoke)
+    if trials is None:
         raise ValueError("search='optuna' chooses its configs while the study runs")
-    trials = []
-    for arm in study.arms:
-        configs = sample_configs(arm.space, study.num_samples,
-                                 arm_rng(study.search_seed, arm.name), study.search)
-        if smoke:
-            configs = [{**c, **({"train_epochs": 1} if "train_epochs" in c else {})}
-                       for c in configs[:1]]
-        for config in configs:
-            for seed in study.seeds:
-                trials.append(make_trial(arm.name, config, seed))
     return trials
 
 
@@ -76,8 +111,169 @@ def settings_of(study: Study) -> dict[str, Any]:
             for f in dataclasses.fields(study) if f.name != "arms"}
 
 
-def apply_settings(study: Study, settings: dict[str, Any]) -> Study:
+def apply_settings(study: Study, settings: Mapping[str, Any]) -> Study:
     """``study`` (as loaded from its file in a trial) with the driver's settings, so overrides
     and anything the file computed on the driver (environment variables) hold in every trial."""
     changes = {k: (_SPECS[k](**v) if k in _SPECS else v) for k, v in settings.items()}
     return dataclasses.replace(study, **changes)
+
+
+@dataclass(frozen=True)
+class StudySource:
+    """What a trial process rebuilds the driver's study from: the study file's text (so worker
+    nodes need no copy of the file) and the driver's resolved settings (overrides included).
+    The arms' plugin factories are code, so they come from the text, never pickled."""
+
+    filename: str
+    """The study file's path on the driver (named in errors and tracebacks)."""
+    text: str
+    """The study file's content, as validated on the driver."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """:func:`settings_of` the driver's study."""
+
+    @property
+    def digest(self) -> str:
+        """A hash of all three: equal digests load equal studies."""
+        blob = json.dumps([self.filename, self.text, self.settings], sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()
+
+    def load(self) -> Study:
+        """The study, as the driver has it (not validated again)."""
+        study = load_study_source(self.filename, self.text, validate=False)
+        return apply_settings(study, self.settings)
+
+
+@dataclass
+class PreparedRun:
+    """A validated study, its trials and where its results go (nothing started yet)."""
+
+    study: Study
+    """The study with the command-line overrides applied."""
+    source: StudySource
+    """What the trials load the study from."""
+    store: ResultStore
+    """Its results tables (loaded when resuming)."""
+    trials: list[TrialSpec] | None
+    """The first phase's trials still to run (None for Optuna, which picks configs as it
+    goes); later phases depend on its results (:meth:`next_batch`)."""
+    skipped: int
+    """First-phase trials already finished by an earlier run (``--resume``)."""
+    planned: list[TrialSpec] | None = None
+    """The first phase's whole trial list (None for Optuna)."""
+
+    @property
+    def path(self) -> str:
+        """The study file."""
+        return self.source.filename
+
+    @property
+    def total(self) -> int:
+        """First-phase trials this run is to run (Optuna: its budget less those done)."""
+        if self.trials is not None:
+            return len(self.trials)
+        study = self.study
+        return max(0, sum(arm_budget(study).values()) * len(study.seeds) - self.skipped)
+
+    def next_batch(self, tried: set[str]) -> Batch | None:
+        """The trials to run next given the results so far (see ``protocol.next_batch``)."""
+        frames = self.store.frames()
+        return next_batch(self.study, frames["trials"], frames["curves"], tried, self.planned)
+
+    def selection(self) -> pd.DataFrame:
+        """selection.parquet as the results stand."""
+        frames = self.store.frames()
+        return selection_frame(self.study, frames["trials"], frames["curves"])
+
+    def _finished(self) -> list[dict[str, Any]]:
+        """Search-phase rows of earlier runs that finished (``--resume``)."""
+        trials = self.store.frames()["trials"]
+        if trials.empty:
+            return []
+        rows = trials[(trials[STATUS] == TERMINATED)
+                      & (trials[PHASE] == search_phase(self.study))]
+        return rows.to_dict("records")
+
+    def best_done(self) -> tuple[float, str] | None:
+        """(value, arm) of the best finished search trial of earlier runs (``--resume``), by
+        the column configs are ranked on."""
+        column, sign = rank_column(self.study), (1.0 if self.study.mode == "max" else -1.0)
+        scored = [(float(row[column]), str(row[ARM])) for row in self._finished()
+                  if _is_number(row.get(column))]
+        return max(scored, key=lambda pair: sign * pair[0], default=None)
+
+    def finished_configs(self) -> list[dict[str, Any]]:
+        """Finished search trials of earlier runs as the Optuna searcher takes them: dicts of
+        ``arm``, ``params`` (exact, from the config column), ``seed`` and the ranked
+        ``value``."""
+        arms = {a.name for a in self.study.arms}
+        column = rank_column(self.study)
+        return [{"arm": row[ARM], "params": json.loads(row[CONFIG]), "seed": int(row[SEED]),
+                 "value": row.get(column)}
+                for row in self._finished() if row[ARM] in arms]
+
+
+def prepare_run(path: str | Path, *, storage: str = "results", num_samples: int | None = None,
+                max_concurrent: int | None = None, gpus_per_trial: float | None = None,
+                cpus_per_trial: float | None = None, resume: bool = False,
+                smoke: bool = False, check_storage: bool = True,
+                selection: str | None = None,
+                confirm_seeds: list[int] | None = None) -> PreparedRun:
+    """Validate the study file and decide the trials, without starting Ray.
+
+    Raises ``StudyError`` for a bad study file and :class:`RunError` when the storage holds
+    results of this study but ``resume`` is False, or holds none and ``resume`` is True.
+    """
+    text = read_study_file(path)
+    study = apply_overrides(load_study_source(str(path), text, validate=False),
+                            num_samples=num_samples, max_concurrent=max_concurrent,
+                            gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+                            smoke=smoke, selection=selection, confirm_seeds=confirm_seeds)
+    validate_study(study, path)  # with the overrides: they are study settings too
+    r = study.resources
+    if r.cpus_per_trial == 0 and not r.gpus_per_trial:
+        raise RunError("a trial that asks for 0 CPUs must ask for GPUs (--gpus-per-trial)")
+    try:
+        store = ResultStore(storage, study.name)
+    except ValueError as err:
+        raise RunError(f"{path}: name: {err}") from None
+    source = StudySource(str(path), text, settings_of(study))
+    planned = first_trials(study, smoke=smoke)
+    trials, skipped = planned, 0
+    if check_storage:
+        _check_storage(store, study.name, storage, resume=resume, smoke=smoke)
+        if resume:
+            try:
+                store.load()
+            except ValueError as err:
+                raise RunError(str(err)) from None
+            done = store.done_keys()
+            if planned is not None:
+                skipped = sum(t.trial_key in done for t in planned)
+                trials = [t for t in planned if t.trial_key not in done]
+            else:
+                skipped = len(done)
+    return PreparedRun(study, source, store, trials, skipped, planned)
+
+
+def _check_storage(store: ResultStore, name: str, storage: str, *, resume: bool,
+                   smoke: bool) -> None:
+    """Refuse to mix a new run with old results or to resume nothing; probe that the storage
+    takes writes (before any trial: a study must not train for hours and fail to save)."""
+    exists = store.has_results()
+    if resume and not exists:
+        raise RunError(f"--resume: no results of study '{name}' in {store.uri} "
+                       f"to resume (run it without --resume first)")
+    if exists and not resume:
+        if not smoke:
+            raise RunError(f"{store.uri} already holds results of study '{name}': "
+                           f"add --resume to continue it, or pass another --storage")
+        store.clear()  # a smoke check replaces the previous smoke check
+    try:
+        store.check_writable()
+    except OSError as err:
+        raise RunError(f"--storage {storage}: cannot write there: "
+                       f"{' '.join(str(err).split())}") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value

@@ -1,18 +1,19 @@
 """A study's results as three Parquet tables under ``<storage>/<study name>/``.
 
-* ``trials.parquet``: one row per trial (:data:`TRIAL_COLUMNS`, one ``param_<name>`` column per
-  searched parameter between ``seed`` and ``status``).
+* ``trials.parquet``: one row per trial, one ``param_<name>`` column per searched parameter
+  between ``seed`` and ``status``.
 * ``matrix.parquet``: the accuracy matrix in long form, one row per (trial, trained_exp,
-  eval_exp) (:data:`MATRIX_COLUMNS`).
-* ``curves.parquet``: one row per (trial, experience reported) with every reported metric
-  (:data:`CURVE_ID_COLUMNS`, then the metrics).
+  eval_exp).
+* ``curves.parquet``: one row per (trial, experience reported) with every reported metric.
+
+Their columns are declared in :mod:`raycl.study.schema`.
 
 The driver holds the trials and curves rows in memory keyed by ``trial_key`` (stable across
 runs, unlike Ray's ``trial_id``), so a trial that is rerun replaces its rows instead of adding new
 ones, and rewrites the files as trials finish. The matrix rows are built from the curves rows
 (each holds its row of the matrix as ``acc_exp_*`` / ``loss_exp_*``) when the files are written,
 and the memory Arrow used for a write is handed back after it: the driver holds about 2 KB per
-reported experience and nothing per write (``benchmarks/bench_load.py``).
+reported experience and nothing per write (``bench/bench_load.py``).
 
 Each file is written to a temporary name in the same directory and renamed over the old one, so
 a reader (or a driver killed mid-write) never sees a torn file; on object stores (``s3://``) the
@@ -22,6 +23,7 @@ understands.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -32,42 +34,45 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-__all__ = [
-    "CURVE_ID_COLUMNS",
-    "MATRIX_COLUMNS",
-    "SCHEMA_VERSION",
-    "TRIAL_COLUMNS",
-    "ResultStore",
-    "resolve_storage",
-]
+from raycl.study.schema import (
+    ACCURACY,
+    ARM,
+    CHECKPOINT,
+    CONFIG,
+    CURVE_ID_COLUMNS,
+    CURVE_METRICS,
+    ERROR,
+    EVAL_EXP,
+    EXPERIENCE,
+    EXPERIENCES_DONE,
+    FINISHED_AT,
+    INFO_FIELDS,
+    INT_COLUMNS,
+    LOSS,
+    MATRIX_COLUMNS,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_COLUMN,
+    SELECTION_TABLE,
+    SPLIT,
+    STARTED_AT,
+    STATUS,
+    STR_COLUMNS,
+    TERMINATED,
+    TIME_COLUMNS,
+    TRAINED_EXP,
+    TRAINING_ITERATION,
+    TRIAL_HEAD,
+    TRIAL_KEY,
+    TRIAL_METRICS,
+    TRIAL_TAIL,
+    experience_column,
+    is_param_column,
+    loss_column,
+    param_column,
+)
+from raycl.study.spec import TrialSpec
 
-#: Version of the three tables' layout; bumped when a column changes meaning or type.
-SCHEMA_VERSION = 1
-
-_TRIAL_HEAD = ("study", "trial_id", "trial_key", "arm", "seed")
-_TRIAL_TAIL = ("status", "error", "experiences_done", "final_avg_accuracy", "avg_forgetting",
-               "bwt", "fwt", "train_time_s", "peak_memory_mb", "device", "gpu_ids", "node_ip",
-               "started_at", "finished_at", "schema_version")
-#: trials.parquet columns, with ``param_<name>`` columns between the head and the tail.
-TRIAL_COLUMNS: tuple[str, ...] = _TRIAL_HEAD + _TRIAL_TAIL
-#: matrix.parquet columns.
-MATRIX_COLUMNS: tuple[str, ...] = ("study", "trial_id", "trial_key", "arm", "seed",
-                                   "trained_exp", "eval_exp", "accuracy", "loss",
-                                   "schema_version")
-#: curves.parquet leading columns; every reported metric follows, then schema_version.
-CURVE_ID_COLUMNS: tuple[str, ...] = ("study", "trial_id", "trial_key", "arm", "seed",
-                                     "experience", "training_iteration")
-# Reported metrics in the order curves.parquet shows them (acc/loss per experience last).
-_CURVE_METRICS = ("avg_accuracy", "stream_accuracy", "stream_loss", "final_avg_accuracy",
-                  "avg_forgetting", "bwt", "fwt", "train_time_s", "eval_time_s",
-                  "peak_memory_mb", "resumed_from", "device", "gpu_ids", "node_ip",
-                  "device_note", "checkpoint_note")
-_INT_COLUMNS = {"seed", "experiences_done", "trained_exp", "eval_exp", "experience",
-                "training_iteration", "resumed_from", "schema_version"}
-_STR_COLUMNS = {"study", "trial_id", "trial_key", "arm", "status", "error", "device",
-                "gpu_ids", "node_ip", "device_note", "checkpoint_note"}
-_TIME_COLUMNS = {"started_at", "finished_at"}
-_TABLES = ("trials", "matrix", "curves")
+__all__ = ["ResultStore", "metric_frame", "resolve_storage"]
 
 
 def resolve_storage(storage: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, str]:
@@ -117,6 +122,8 @@ class ResultStore:
         self._trials: dict[str, dict[str, Any]] = {}
         #: trial_key -> experience -> curves row
         self._curves: dict[str, dict[int, dict[str, Any]]] = {}
+        #: selection.parquet as last set (None: not written)
+        self._selection: pd.DataFrame | None = None
 
     # ---- locations --------------------------------------------------------------------------
     @property
@@ -148,18 +155,26 @@ class ResultStore:
         """Read the existing tables (if any) into memory, so a resumed run keeps their rows."""
         self.remove_stale_temporaries()
         frames = {}
-        for table in ("trials", "curves"):  # the matrix is rebuilt from the curves
+        for table in ("trials", "curves"):  # the matrix and selection are rebuilt from them
             path = self._fs_path(table)
             frames[table] = (pq.read_table(path, filesystem=self.fs).to_pandas()
                              if self._exists(path) else None)
+        versions = ({int(v) for v in frames["trials"][SCHEMA_VERSION_COLUMN].dropna()}
+                    if frames["trials"] is not None
+                    and SCHEMA_VERSION_COLUMN in frames["trials"] else set())
+        if versions - {SCHEMA_VERSION}:
+            raise ValueError(f"{self.uri} holds results of schema version "
+                             f"{', '.join(map(str, sorted(versions)))}; this raycl writes "
+                             f"version {SCHEMA_VERSION} and cannot add to them: run the study "
+                             f"again into another --storage")
         for row in _records(frames["trials"]):
-            self._trials[row["trial_key"]] = row
+            self._trials[row[TRIAL_KEY]] = row
         for row in _records(frames["curves"]):
-            self._curves.setdefault(row["trial_key"], {})[int(row["experience"])] = row
+            self._curves.setdefault(row[TRIAL_KEY], {})[int(row[EXPERIENCE])] = row
 
     def done_keys(self) -> set[str]:
         """Keys of the trials that finished (status TERMINATED)."""
-        return {k for k, r in self._trials.items() if r.get("status") == "TERMINATED"}
+        return {k for k, r in self._trials.items() if r.get(STATUS) == TERMINATED}
 
     def trial_rows(self) -> list[dict[str, Any]]:
         """The trials rows held now."""
@@ -170,69 +185,77 @@ class ResultStore:
         earlier run must not outlive the new run, which may stop sooner)."""
         self._curves.pop(trial_key, None)
 
-    def add_report(self, trial: Mapping[str, Any], trial_id: str,
-                   metrics: Mapping[str, Any]) -> None:
+    def add_report(self, trial: TrialSpec, trial_id: str, metrics: Mapping[str, Any]) -> None:
         """Record one report of a trial: its curves row, which holds its row of the accuracy
         matrix too."""
         ident = self._ident(trial, trial_id)
-        exp = int(metrics["experience"])
-        curve = {**ident, "experience": exp,
-                 "training_iteration": int(metrics.get("training_iteration", exp + 1))}
+        exp = int(metrics[EXPERIENCE])
+        curve = {**ident, EXPERIENCE: exp,
+                 TRAINING_ITERATION: int(metrics.get(TRAINING_ITERATION, exp + 1))}
         curve.update({k: _plain(v) for k, v in metrics.items()
-                      if k in _CURVE_METRICS or k.startswith(("acc_exp_", "loss_exp_"))})
-        self._curves.setdefault(ident["trial_key"], {})[exp] = curve
+                      if k in CURVE_METRICS or experience_column(k) is not None})
+        self._curves.setdefault(trial.trial_key, {})[exp] = curve
 
-    def set_trial(self, trial: Mapping[str, Any], trial_id: str, status: str,
+    def set_trial(self, trial: TrialSpec, trial_id: str, status: str,
                   metrics: Mapping[str, Any], *, error: str | None = None,
                   started_at: pd.Timestamp | None = None,
-                  finished_at: pd.Timestamp | None = None) -> None:
+                  finished_at: pd.Timestamp | None = None,
+                  checkpoint: str | None = None) -> None:
         """Record (or replace) the trials row of a trial from its last reported metrics."""
         row = self._ident(trial, trial_id)
-        row.update({f"param_{k}": _plain(v) for k, v in trial["params"].items()})
-        done = metrics.get("experience")
+        row.update({param_column(k): _plain(v) for k, v in trial.params.items()})
+        row[CONFIG] = json.dumps(trial.params, sort_keys=True)
+        done = metrics.get(EXPERIENCE)
         row.update({
-            "status": status,
-            "error": error,
-            "experiences_done": 0 if done is None else int(done) + 1,
-            **{k: _plain(metrics.get(k, math.nan)) for k in
-               ("final_avg_accuracy", "avg_forgetting", "bwt", "fwt", "train_time_s",
-                "peak_memory_mb")},
-            **{k: metrics.get(k) for k in ("device", "gpu_ids", "node_ip")},
-            "started_at": started_at,
-            "finished_at": finished_at,
+            STATUS: status,
+            ERROR: error,
+            EXPERIENCES_DONE: 0 if done is None else int(done) + 1,
+            **{k: _plain(metrics.get(k, math.nan)) for k in TRIAL_METRICS},
+            **{k: metrics.get(k) for k in TRIAL_TAIL if k in INFO_FIELDS},
+            STARTED_AT: started_at,
+            FINISHED_AT: finished_at,
+            CHECKPOINT: checkpoint,
         })
-        self._trials[row["trial_key"]] = row
+        self._trials[trial.trial_key] = row
 
-    def _ident(self, trial: Mapping[str, Any], trial_id: str) -> dict[str, Any]:
-        return {"study": self.study, "trial_id": str(trial_id), "trial_key": trial["trial_key"],
-                "arm": trial["arm"], "seed": int(trial["seed"])}
+    def set_selection(self, frame: pd.DataFrame) -> None:
+        """The selection table (each arm's chosen config), written with the other tables."""
+        self._selection = frame
+
+    def _ident(self, trial: TrialSpec, trial_id: str) -> dict[str, Any]:
+        return dict(zip(TRIAL_HEAD, (self.study, str(trial_id), trial.trial_key, trial.phase,
+                                     trial.arm, trial.config_key, int(trial.seed)), strict=True))
 
     # ---- tables -----------------------------------------------------------------------------
     def frames(self) -> dict[str, pd.DataFrame]:
-        """The three tables as DataFrames, columns in their documented order."""
+        """The three tables (and the selection table once set) as DataFrames, columns in their
+        documented order."""
         trials = list(self._trials.values())
-        params = sorted({k for r in trials for k in r if k.startswith("param_")})
+        params = sorted({k for r in trials for k in r if is_param_column(k)})
         curve_rows = [r for rows in self._curves.values() for r in rows.values()]
         present = {k for r in curve_rows for k in r}
-        per_exp = sorted(k for k in present if k.startswith(("acc_exp_", "loss_exp_")))
-        curve_cols = (list(CURVE_ID_COLUMNS) + [k for k in _CURVE_METRICS if k in present]
-                      + per_exp + ["schema_version"])
+        per_exp = sorted(k for k in present if experience_column(k) is not None)
+        curve_cols = (list(CURVE_ID_COLUMNS) + [k for k in CURVE_METRICS if k in present]
+                      + per_exp + [SCHEMA_VERSION_COLUMN])
         return {
-            "trials": _frame(trials, [*_TRIAL_HEAD, *params, *_TRIAL_TAIL]),
+            "trials": _frame(trials, [*TRIAL_HEAD, *params, *TRIAL_TAIL]),
             "matrix": _frame(sorted(_matrix_rows(curve_rows), key=_matrix_order),
                              list(MATRIX_COLUMNS)),
             "curves": _frame(sorted(curve_rows, key=_curve_order), curve_cols),
+            **({SELECTION_TABLE: self._selection} if self._selection is not None else {}),
         }
 
     def write(self) -> dict[str, str]:
-        """Rewrite the three files atomically; returns their paths.
+        """Rewrite the files atomically (the selection table too once set); returns their
+        paths.
 
         A write that fails (disk full, storage gone) raises ``OSError`` and leaves every file
         as the last complete write left it (the partial temporary file is removed); the rows
         stay in memory, so a later write can still save them.
         """
         self.fs.create_dir(self.dir, recursive=True)
-        for table, frame in self.frames().items():
+        frames = self.frames()
+        for table, frame in frames.items():
             data = pa.Table.from_pandas(frame, preserve_index=False)
             final = self._fs_path(table)
             if isinstance(self.fs, pafs.LocalFileSystem):
@@ -249,7 +272,7 @@ class ResultStore:
         # Arrow's allocator keeps freed pages for reuse; tables grow as trials finish, so
         # without this the driver's memory would grow with each write's high-water mark.
         pa.default_memory_pool().release_unused()
-        return {t: self.path(t) for t in _TABLES}
+        return {t: self.path(t) for t in frames}
 
     def _remove(self, fs_path: str) -> None:
         try:
@@ -285,30 +308,35 @@ def _records(frame: pd.DataFrame | None) -> Iterable[dict[str, Any]]:
 
 
 def _matrix_rows(curve_rows: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
-    """The accuracy-matrix rows held in curves rows (one per ``acc_exp_<j>`` present)."""
+    """The accuracy-matrix rows held in curves rows (one per split and accuracy column)."""
     for curve in curve_rows:
-        ident = {k: curve[k] for k in _TRIAL_HEAD}  # what _ident put in every row
-        j = 0
-        while curve.get(f"acc_exp_{j:03d}") is not None:
-            yield {**ident, "trained_exp": curve["experience"], "eval_exp": j,
-                   "accuracy": curve[f"acc_exp_{j:03d}"],
-                   "loss": curve.get(f"loss_exp_{j:03d}", math.nan)}
-            j += 1
+        ident = {k: curve[k] for k in TRIAL_HEAD}  # what _ident put in every row
+        for column, value in curve.items():
+            found = experience_column(column)
+            if found is None or found[1] != ACCURACY or value is None:
+                continue
+            split, _, j = found
+            yield {**ident, SPLIT: split, TRAINED_EXP: curve[EXPERIENCE], EVAL_EXP: j,
+                   ACCURACY: value, LOSS: _or_nan(curve.get(loss_column(j, split)))}
+
+
+def _or_nan(value: Any) -> Any:
+    return math.nan if value is None else value
 
 
 def _matrix_order(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (row["arm"], row["trial_key"], row["trained_exp"], row["eval_exp"])
+    return (row[ARM], row[TRIAL_KEY], row[SPLIT], row[TRAINED_EXP], row[EVAL_EXP])
 
 
 def _curve_order(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (row["arm"], row["trial_key"], row["experience"])
+    return (row[ARM], row[TRIAL_KEY], row[EXPERIENCE])
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     """Rows as a DataFrame with ``columns`` in order and stable dtypes."""
     data = {}
     for col in columns:
-        values = [SCHEMA_VERSION if col == "schema_version" else _missing_to_none(r.get(col))
+        values = [SCHEMA_VERSION if col == SCHEMA_VERSION_COLUMN else _missing_to_none(r.get(col))
                   for r in rows]
         data[col] = _column(col, values)
     return pd.DataFrame(data, columns=columns)
@@ -324,15 +352,26 @@ def _missing_to_none(value: Any) -> Any:
 def _column(col: str, values: list[Any]) -> pd.Series:
     """One column with the dtype its name calls for (param columns: from their values)."""
     present = [v for v in values if v is not None]
-    if col in _TIME_COLUMNS:
+    if col in TIME_COLUMNS:
         return pd.Series(pd.to_datetime(pd.Series(values, dtype=object), utc=True))
-    if col in _STR_COLUMNS:
+    if col in STR_COLUMNS:
         return pd.Series([None if v is None else str(v) for v in values], dtype=object)
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in present)
-    if col in _INT_COLUMNS or (col.startswith("param_") and present and ints):
+    if col in INT_COLUMNS or (is_param_column(col) and present and ints):
         # Int64 keeps integer parameters integers where other arms leave the column empty.
         return pd.Series(values, dtype="Int64" if None in values else "int64")
-    if col.startswith("param_") and not all(
+    if is_param_column(col) and not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
         return pd.Series(values, dtype=object)  # strings and booleans
     return pd.Series([math.nan if v is None else float(v) for v in values], dtype="float64")
+
+
+def metric_frame(trials: pd.DataFrame, curves: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``trials`` with a ``metric`` column (taken from each trial's last curves row when the
+    metric is not a trials column, e.g. ``avg_accuracy``)."""
+    if metric in trials.columns or trials.empty:
+        return trials
+    if metric not in curves.columns:
+        return trials.assign(**{metric: float("nan")})
+    last = (curves.sort_values(EXPERIENCE).groupby(TRIAL_KEY)[metric].last())
+    return trials.assign(**{metric: trials[TRIAL_KEY].map(last)})

@@ -24,9 +24,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from raycl.benchmarks.registry import BENCHMARKS as _REGISTRY
 
 __all__ = [
     "BENCHMARKS",
@@ -36,23 +40,21 @@ __all__ = [
     "Benchmark",
     "Model",
     "Optimizer",
+    "PerExperience",
     "Resources",
     "Study",
+    "TrialSpec",
     "UnknownFieldError",
+    "config_key",
+    "make_trial",
     "no_plugins",
+    "trial_key",
 ]
 
-#: Benchmark names a :class:`Benchmark` accepts, with the scenarios each supports.
-BENCHMARKS: dict[str, tuple[str, ...]] = {
-    "split_digits": ("class", "task"),
-    "permuted_digits": ("domain", "task"),
-    "rotated_digits": ("domain", "task"),
-    "split_mnist": ("class", "task"),
-    "split_fashion_mnist": ("class", "task"),
-    "permuted_mnist": ("domain", "task"),
-    "split_cifar10": ("class", "task"),
-    "split_cifar100": ("class", "task"),
-}
+#: Benchmark names a :class:`Benchmark` accepts, with the scenarios each supports (the first is
+#: its natural one); each name is an entry of ``raycl.benchmarks.registry.BENCHMARKS``.
+BENCHMARKS: dict[str, tuple[str, ...]] = {name: entry.scenarios
+                                          for name, entry in _REGISTRY.items()}
 
 #: Model names a :class:`Model` accepts ("auto" picks one from the data and the scenario).
 MODELS: tuple[str, ...] = ("auto", "mlp", "multihead_mlp", "cnn", "resnet18",
@@ -124,13 +126,19 @@ class Benchmark:
     cluster it must exist on every worker node."""
     download: bool = False
     """Download missing MNIST/CIFAR files (needs torchvision)."""
+    validation_size: float | int | None = 0.1
+    """Held out of every training experience as its validation experience (class-stratified,
+    seeded like the stream): a fraction in (0, 1) or a number of samples. Configs are chosen on
+    the validation stream (``Study.selection``); None keeps all training data, which only a
+    study that selects on 'test' can do."""
 
     @property
     def resolved_scenario(self) -> str:
         """The scenario, with None resolved to the benchmark's natural one."""
         if self.scenario is not None:
             return self.scenario
-        return "class" if self.name.startswith("split_") else "domain"
+        entry = _REGISTRY.get(self.name)
+        return entry.default_scenario if entry is not None else "class"
 
 
 @_strict
@@ -179,6 +187,26 @@ class Resources:
 
 @_strict
 @dataclass
+class PerExperience:
+    """Settings of the continual hyperparameter framework (De Lange et al., TPAMI 2021, sec. 4):
+    per experience, (1) maximal plasticity search: fine-tune the previous model on the new
+    experience at each learning rate of ``lr_grid``, keep the best validation accuracy A*;
+    (2) stability decay: train with the arm's stability hyperparameter at its start value, and
+    multiply it by ``alpha`` until the new experience's validation accuracy reaches
+    ``(1 - p) * A*``; continue from that model."""
+
+    lr_grid: list[float] = field(default_factory=lambda: [0.1, 0.01, 0.001])
+    """Learning rates of the plasticity search."""
+    alpha: float = 0.5
+    """Decay factor of the stability hyperparameter, in (0, 1)."""
+    p: float = 0.2
+    """Accepted drop of the new experience's validation accuracy against A*, in [0, 1)."""
+    max_decays: int = 8
+    """Decays tried before the last (smallest) value is taken anyway."""
+
+
+@_strict
+@dataclass
 class Arm:
     """One method to compare: a name, its plugins as a function of the sampled config, and the
     Ray Tune search space of that config."""
@@ -197,6 +225,12 @@ class Arm:
     baseline: bool = False
     """A baseline arm (e.g. naive fine-tuning) may have an empty space; any other arm must
     search something, so that a forgotten space is an error rather than a single run."""
+    stability: str | None = None
+    """'per_experience' selection: the config key of the arm's stability hyperparameter (e.g.
+    ``"ewc_lambda"``), set high and decayed per experience (De Lange et al., TPAMI 2021); None
+    for an arm without one (it gets the learning-rate search only)."""
+    stability_start: float | None = None
+    """'per_experience' selection: the stability hyperparameter's first (largest) value."""
 
 
 @_strict
@@ -250,6 +284,96 @@ class Study:
     """Checkpoints kept per trial, at least 2 (a corrupt last checkpoint falls back to the one
     before it); None keeps all (cheap for small models; a bound forces an experiment-state
     snapshot with every checkpoint, which costs time)."""
+    selection: str = "valid"
+    """How each arm's config is chosen, and on which data its reported figures are measured:
+
+    * ``"valid"``: configs ranked by ``metric`` on the validation stream; every figure reported
+      for an arm is the test value of the config chosen on validation (with ``confirm_seeds``,
+      of its reruns on fresh seeds). Optuna and ASHA see validation values only.
+    * ``"test"``: ranked on the test stream itself (optimistic; only when asked, and labelled
+      wherever its numbers appear).
+    * ``"first_tasks"`` (Chaudhry et al., ICLR 2019): configs searched on the first
+      ``tuning_experiences`` experiences only, ranked on their validation data; each arm's
+      chosen config is then trained from scratch on the remaining experiences with every seed,
+      and only those runs are reported.
+    * ``"first_task"`` (Lee et al., 2024): searched on the first experience; the chosen values
+      then run on the whole stream with every seed.
+    * ``"per_experience"`` (De Lange et al., TPAMI 2021): per experience, a learning-rate search
+      with the stability hyperparameter off (:attr:`PerExperience.lr_grid`), then the arm's
+      stability hyperparameter decayed from ``Arm.stability_start`` by ``alpha`` until the new
+      experience's validation accuracy reaches ``(1 - p)`` times the best fine-tuned one.
+    """
+    tuning_experiences: int = 3
+    """'first_tasks': how many of the first experiences the search sees."""
+    confirm_seeds: list[int] | None = None
+    """Seeds on which each arm's chosen config is rerun ('valid' and 'test' selection); the
+    reported figures then come from these runs. None: 3 seeds after the study's largest for a
+    study that searches, none for one that has nothing to choose. ``[]``: no confirmation."""
+    per_experience: PerExperience = field(default_factory=lambda: PerExperience())
+    """Settings of 'per_experience' selection."""
     description: str = ""
     """Free text shown by ``--dry-run``."""
 
+
+def trial_key(arm: str, params: Mapping[str, Any], seed: int, **where: Any) -> str:
+    """Stable id of (arm, params, seed) and, for trials of a protocol step, of where it runs
+    (``phase``, ``stream``, ``init``, ``steps``): the same in every run of the same study."""
+    extra = {k: v for k, v in where.items() if v is not None and v != _DEFAULT_WHERE.get(k)}
+    text = json.dumps([arm, dict(params), int(seed), *([extra] if extra else [])],
+                      sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+_DEFAULT_WHERE = {"phase": "search"}
+
+
+def config_key(arm: str, params: Mapping[str, Any]) -> str:
+    """Stable id of (arm, params), without the seed."""
+    text = json.dumps([arm, dict(params)], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: an arm's config trained with one seed, in one phase of the study's selection
+    protocol. Build it with :func:`make_trial`."""
+
+    arm: str
+    """The arm's name."""
+    params: dict[str, Any]
+    """The sampled config (plain Python values), as the arm's plugin factory receives it."""
+    seed: int
+    """Seeds Python, NumPy and torch in the trial (model init, data order)."""
+    trial_key: str
+    """:func:`trial_key` of the fields: the trial's id in every results table."""
+    phase: str = "search"
+    """The protocol phase (``raycl.study.schema.PHASES``)."""
+    stream: tuple[int, int] | None = None
+    """Train and evaluate on experiences ``[start, stop)`` of the benchmark only (None: all);
+    reports keep the benchmark's experience numbers."""
+    init: str | None = None
+    """A checkpoint (path or URI in the study's storage) whose learner the trial continues from
+    (per-experience selection), with the trial's own hyperparameters."""
+    steps: int | None = None
+    """Train this many experiences (None: to the end of the stream)."""
+
+    @property
+    def name(self) -> str:
+        """A short readable name: ``<arm>_s<seed>_<first 8 of the key>``."""
+        return f"{self.arm}_s{self.seed}_{self.trial_key[:8]}"
+
+    @property
+    def config_key(self) -> str:
+        """Stable id of (arm, params): the same for every seed and phase of a config."""
+        return config_key(self.arm, self.params)
+
+
+def make_trial(arm: str, params: Mapping[str, Any], seed: int, *, phase: str = "search",
+               stream: tuple[int, int] | None = None, init: str | None = None,
+               steps: int | None = None) -> TrialSpec:
+    """The trial of (arm, params, seed) in ``phase`` (and where it runs), with its key."""
+    where = {"phase": phase, "stream": None if stream is None else list(stream), "init": init,
+             "steps": steps}
+    return TrialSpec(arm, dict(params), int(seed), trial_key(arm, params, seed, **where),
+                     phase, None if stream is None else (int(stream[0]), int(stream[1])), init,
+                     steps)

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from raycl.benchmarks.base import CLDataset, Experience, TensorCLDataset
+from raycl.checks import check_int
+from raycl.evaluation.plugin import default_evaluator
 from raycl.plugins.base import HOOKS, StrategyPlugin
 
 #: Version of the layout of :meth:`BaseStrategy.state_dict`; bumped when it changes.
@@ -53,14 +55,6 @@ class Clock:
         """Restore the counters."""
         for k in self.__slots__:
             setattr(self, k, int(state[k]))
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 class BaseStrategy:
@@ -95,11 +89,11 @@ class BaseStrategy:
         criterion = nn.CrossEntropyLoss() if criterion is None else criterion
         if not callable(criterion):
             raise TypeError("criterion must be callable as criterion(output, targets)")
-        self.train_mb_size = _check_int("train_mb_size", train_mb_size, 1)
-        self.train_epochs = _check_int("train_epochs", train_epochs, 1)
-        self.eval_mb_size = _check_int("eval_mb_size", eval_mb_size, 1)
-        self.eval_every = _check_int("eval_every", eval_every, -1)
-        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.train_mb_size = check_int("train_mb_size", train_mb_size, minimum=1)
+        self.train_epochs = check_int("train_epochs", train_epochs, minimum=1)
+        self.eval_mb_size = check_int("eval_mb_size", eval_mb_size, minimum=1)
+        self.eval_every = check_int("eval_every", eval_every, minimum=-1)
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
@@ -109,7 +103,6 @@ class BaseStrategy:
             if not isinstance(p, StrategyPlugin):
                 raise TypeError(f"plugins must be StrategyPlugin instances, got {type(p).__name__}")
         if evaluator is None:
-            from raycl.evaluation import default_evaluator
             evaluator = default_evaluator()
         elif not isinstance(evaluator, StrategyPlugin):
             raise TypeError("evaluator must be an EvaluationPlugin")

@@ -1,10 +1,11 @@
-"""The Ray Tune layer: the only part of raycl that imports Ray.
+"""The Ray Tune layer: runs a planned study (``raycl.study.plan.PreparedRun``) on Ray; the only
+part of raycl that starts Ray.
 
 * :mod:`raycl.tune.runner`: :func:`run_study`, what ``python -m raycl.study`` runs.
-* :mod:`raycl.tune.trainable`: the function trainable around ``raycl.study.run_trial``.
+* :mod:`raycl.tune.trainable`: the function trainable around ``raycl.study.trial.run_trial``.
 * :mod:`raycl.tune.callbacks` / :mod:`raycl.tune.progress`: Parquet writing and the progress line.
 * :mod:`raycl.tune.search`: Optuna search that runs every config with every seed.
-* :mod:`raycl.tune.space`: checking and sampling Tune search spaces.
+* :mod:`raycl.tune.compat`: every use of Ray that is not public API.
 
 Submodules load on first use, so ``import raycl.tune`` imports no Ray.
 """
@@ -16,14 +17,11 @@ from typing import Any
 
 _LAZY = {
     "run_study": "runner",
-    "prepare_run": "runner",
-    "RunError": "runner",
     "StudyOutcome": "runner",
     "trainable": "trainable",
     "ParquetCallback": "callbacks",
     "ProgressCallback": "progress",
     "SeededOptunaSearch": "search",
-    "sample_configs": "space",
 }
 
 __all__ = list(_LAZY)

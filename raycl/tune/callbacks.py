@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
@@ -11,7 +10,13 @@ import pandas as pd
 from ray import tune
 
 from raycl.study.results import ResultStore
-from raycl.study.trial import DIVERGED
+from raycl.study.schema import DIVERGED, ERRORED, EXPERIENCE, TERMINATED
+from raycl.tune.compat import (
+    trial_checkpoint_path,
+    trial_error_text,
+    trial_spec,
+    trim_finished_trial,
+)
 
 __all__ = ["ParquetCallback", "diverged", "error_line"]
 
@@ -19,51 +24,18 @@ __all__ = ["ParquetCallback", "diverged", "error_line"]
 def diverged(trial: Any) -> str | None:
     """Why ``trial`` diverged (its last report says so), or None."""
     reason = (getattr(trial, "last_result", None) or {}).get(DIVERGED)
-    return f"diverged: {reason}" if reason else None
+    return f"{DIVERGED}: {reason}" if reason else None
 
 
 def error_line(trial: Any) -> str:
     """The last meaningful line of a trial's error (``Type: message``), at most 500 chars."""
-    text = None
-    try:
-        # The driver writes the local copy as the failure is handled; the copy in storage
-        # (get_error) is synced later.
-        local = trial.error_file
-        if local and os.path.exists(local):
-            with open(local) as f:
-                text = f.read()
-        else:
-            text = trial.get_error()
-    except Exception:  # unreadable (remote storage, deleted folder): say so below
-        text = None
+    text = trial_error_text(trial)
     if not text:
         return "trial failed (no error message recorded)"
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     # Tracebacks end with "Type: message"; ActorDiedError puts its reason first.
     pick = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln), lines[-1])
     return pick[:500]
-
-
-def _trim_finished(trial: Any) -> None:
-    """Free what Tune keeps of a finished trial only to update it or to pick "best" results
-    from (ResultGrid), which a raycl run never reads: the per-metric statistics and last-5/10
-    windows (~14 KB per trial of this project's ~24 metrics) and the metrics of every checkpoint
-    but the latest (~6 KB per experience). Measured on Ray 2.60 with
-    ``benchmarks/bench_load.py``; Tune holds every Trial object to the end of its run, so without
-    this the driver grows by that much per finished trial. The checkpoint files themselves stay
-    (the records are bookkeeping only). A trial that ended is never updated again (a raycl run
-    never uses ``Tuner.restore``); Tune versions without these attributes are left alone."""
-    meta = getattr(trial, "run_metadata", None)
-    if meta is None:
-        return
-    if isinstance(getattr(meta, "metric_n_steps", None), dict):
-        meta.metric_n_steps = {}  # setting an attribute also drops Tune's cached JSON of meta
-    if isinstance(getattr(meta, "metric_analysis", None), dict):
-        meta.metric_analysis = {}
-    manager = getattr(meta, "checkpoint_manager", None)
-    latest = getattr(manager, "_latest_checkpoint_result", None)
-    if latest is not None and isinstance(getattr(manager, "_checkpoint_results", None), list):
-        manager._checkpoint_results = [latest]
 
 
 class ParquetCallback(tune.Callback):
@@ -95,26 +67,27 @@ class ParquetCallback(tune.Callback):
         its rows: it goes on from its checkpoint)."""
         if trial.trial_id not in self.started:
             self.started[trial.trial_id] = pd.Timestamp.now(tz="UTC")
-            self.store.forget_reports(trial.config["trial"]["trial_key"])
+            self.store.forget_reports(trial_spec(trial).trial_key)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
         """One experience done: its curves row and accuracy-matrix row."""
-        if "experience" in result:
-            self.store.add_report(trial.config["trial"], trial.trial_id, result)
+        if EXPERIENCE in result:
+            self.store.add_report(trial_spec(trial), trial.trial_id, result)
             self._last[trial.trial_id] = result
 
     def _finish(self, trial: Any, status: str, error: str | None) -> None:
         last = self._last.pop(trial.trial_id, None)
-        if last is None and "experience" in (trial.last_result or {}):
+        if last is None and EXPERIENCE in (trial.last_result or {}):
             last = trial.last_result
-        self.store.set_trial(trial.config["trial"], trial.trial_id, status,
+        self.store.set_trial(trial_spec(trial), trial.trial_id, status,
                              last or {}, error=error,
                              started_at=self.started.get(trial.trial_id),
-                             finished_at=pd.Timestamp.now(tz="UTC"))
+                             finished_at=pd.Timestamp.now(tz="UTC"),
+                             checkpoint=trial_checkpoint_path(trial))
         self._dirty = True
         self._write_when_due()
-        _trim_finished(trial)
+        trim_finished_trial(trial)
 
     def _write_when_due(self) -> None:
         if not self._dirty or time.monotonic() < self._next_write:
@@ -145,11 +118,11 @@ class ParquetCallback(tune.Callback):
         stopped because its loss diverged: status ERROR with the reason (it is not retried:
         it would diverge again)."""
         reason = diverged(trial)
-        self._finish(trial, "ERROR" if reason else "TERMINATED", reason)
+        self._finish(trial, ERRORED if reason else TERMINATED, reason)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A trial failed more than ``max_failures`` times: status ERROR with the message."""
-        self._finish(trial, "ERROR", error_line(trial))
+        self._finish(trial, ERRORED, error_line(trial))
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         """Write trials that finished while the last rewrite's wait was running."""

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from ray import tune
 
 from raycl.tune.callbacks import diverged, error_line
+from raycl.tune.compat import trial_error_file, trial_spec
 
 __all__ = ["ProgressCallback"]
 
@@ -105,7 +106,7 @@ class ProgressCallback(tune.Callback):
             better = (self.best is None or (value > self.best[0] if self.mode == "max"
                                             else value < self.best[0]))
             if better:
-                self.best = (float(value), str(trial.config["trial"]["arm"]))
+                self.best = (float(value), trial_spec(trial).arm)
         self._count(trials)
         self._show()
 
@@ -116,9 +117,7 @@ class ProgressCallback(tune.Callback):
         reason = diverged(trial)
         if reason:
             self.errored += 1
-            spec = trial.config["trial"]
-            self._message(f"trial {trial.trial_id} ({spec['arm']}, seed {spec['seed']}) "
-                          f"errored: {reason}")
+            self._message(f"trial {_who(trial)} errored: {reason}")
             self._show(force=True)
             return
         self.done += 1
@@ -128,18 +127,16 @@ class ProgressCallback(tune.Callback):
                          **info: Any) -> None:
         """A trial failed and will restart from its last checkpoint."""
         self._count(trials, trial)
-        spec = trial.config["trial"]
-        self._message(f"trial {trial.trial_id} ({spec['arm']}, seed {spec['seed']}) failed; "
-                      f"restarting from its last checkpoint: {error_line(trial)}")
+        self._message(f"trial {_who(trial)} failed; restarting from its last checkpoint: "
+                      f"{error_line(trial)}")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A trial errored for good: say which, why, and where its log is."""
         self._count(trials, trial)
         self.errored += 1
-        spec = trial.config["trial"]
-        where = f" (details: {trial.error_file})" if getattr(trial, "error_file", None) else ""
-        self._message(f"trial {trial.trial_id} ({spec['arm']}, seed {spec['seed']}) errored: "
-                      f"{error_line(trial)}{where}")
+        where = trial_error_file(trial)
+        self._message(f"trial {_who(trial)} errored: {error_line(trial)}"
+                      + (f" (details: {where})" if where else ""))
         self._show(force=True)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
@@ -156,3 +153,9 @@ class ProgressCallback(tune.Callback):
             self.out.flush()
         else:
             self._show(force=True)
+
+
+def _who(trial: Any) -> str:
+    """``<trial id> (<arm>, seed <seed>)``."""
+    spec = trial_spec(trial)
+    return f"{trial.trial_id} ({spec.arm}, seed {spec.seed})"

@@ -1,8 +1,8 @@
-"""Running a study on Ray Tune: from a study file to Parquet results.
+"""Running a planned study on Ray Tune: from a :class:`~raycl.study.plan.PreparedRun` to Parquet.
 
-:func:`run_study` is what ``python -m raycl.study`` calls. It validates the study (no Ray yet),
-decides the trials, refuses to mix a new run with old results (or to resume nothing), starts or
-joins Ray, runs one Tuner over the trials with the Parquet and progress callbacks, prints the
+:func:`run_study` is what ``python -m raycl.study`` calls once :func:`raycl.study.plan.prepare_run`
+has validated the study, decided its trials and checked its storage (no Ray yet). It starts or
+joins Ray, runs the trials as Tune runs with the Parquet and progress callbacks, prints the
 per-arm table and shuts down the Ray it started.
 
 ``--resume`` does not use ``Tuner.restore``: the trials table is the record of what finished.
@@ -28,43 +28,41 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TextIO
 
 from ray import tune
 
-from raycl.study.loader import load_study
-from raycl.study.plan import apply_overrides, arm_budget, plan_trials, settings_of
-from raycl.study.results import ResultStore
+from raycl.study.plan import PreparedRun, RunError, TrialSpec, arm_budget
+from raycl.study.protocol import rank_column, search_phase, trial_where
+from raycl.study.schema import (
+    AVG_ACCURACY,
+    DIVERGED,
+    ERROR,
+    ERRORED,
+    STATUS,
+    TERMINATED,
+    TEST,
+    TRIAL_ID,
+    VALID,
+    metric_column,
+    reported_every_experience,
+)
 from raycl.study.spec import Study
-from raycl.study.summary import header, summary_lines
-from raycl.study.trial import reported_every_experience
+from raycl.study.summary import header, resources_text, summary_lines
 from raycl.tune.callbacks import ParquetCallback
+from raycl.tune.compat import (
+    TRIAL_CONFIG,
+    quiet_restore_hints,
+    set_run_environment,
+    signal_handling_off,
+    trial_spec,
+    tune_config,
+)
 from raycl.tune.progress import ProgressCallback
 from raycl.tune.trainable import trainable
 
-__all__ = ["PreparedRun", "RunError", "StudyOutcome", "default_trials_per_batch",
-           "prepare_run", "ray_init_kwargs", "resources_text", "run_study", "trial_slots"]
-
-
-class RunError(Exception):
-    """A run that must not start (one line): results already there, nothing to resume, ..."""
-
-
-@dataclasses.dataclass
-class PreparedRun:
-    """A validated study, its trials and where its results go (nothing started yet)."""
-
-    study: Study
-    """The study with the command-line overrides applied."""
-    path: str
-    """The study file."""
-    store: ResultStore
-    """Its results tables (loaded when resuming)."""
-    trials: list[dict[str, Any]] | None
-    """Trials to run now (None for Optuna, which picks configs as it goes)."""
-    skipped: int
-    """Trials already finished by an earlier run (``--resume``)."""
+__all__ = ["StudyOutcome", "default_trials_per_batch", "ray_init_kwargs", "run_study",
+           "trial_slots"]
 
 
 @dataclasses.dataclass
@@ -96,53 +94,6 @@ class StudyOutcome:
     """The per-arm table as printed."""
 
 
-def prepare_run(path: str | Path, *, storage: str = "results", num_samples: int | None = None,
-                max_concurrent: int | None = None, gpus_per_trial: float | None = None,
-                cpus_per_trial: float | None = None, resume: bool = False,
-                smoke: bool = False, check_storage: bool = True) -> PreparedRun:
-    """Validate the study file and decide the trials, without starting Ray.
-
-    Raises ``StudyError`` for a bad study file and :class:`RunError` when the storage holds
-    results of this study but ``resume`` is False, or holds none and ``resume`` is True.
-    """
-    study = apply_overrides(load_study(path), num_samples=num_samples,
-                            max_concurrent=max_concurrent, gpus_per_trial=gpus_per_trial,
-                            cpus_per_trial=cpus_per_trial, smoke=smoke)
-    r = study.resources
-    if r.cpus_per_trial == 0 and not r.gpus_per_trial:
-        raise RunError("a trial that asks for 0 CPUs must ask for GPUs (--gpus-per-trial)")
-    try:
-        store = ResultStore(storage, study.name)
-    except ValueError as err:
-        raise RunError(f"{path}: name: {err}") from None
-    trials = None if study.search == "optuna" else plan_trials(study, smoke=smoke)
-    skipped = 0
-    if check_storage:
-        exists = store.has_results()
-        if resume and not exists:
-            raise RunError(f"--resume: no results of study '{study.name}' in {store.uri} "
-                           f"to resume (run it without --resume first)")
-        if exists and not resume:
-            if not smoke:
-                raise RunError(f"{store.uri} already holds results of study '{study.name}': "
-                               f"add --resume to continue it, or pass another --storage")
-            store.clear()  # a smoke check replaces the previous smoke check
-        try:  # before any trial: a study must not train for hours and fail to save
-            store.check_writable()
-        except OSError as err:
-            raise RunError(f"--storage {storage}: cannot write there: "
-                           f"{' '.join(str(err).split())}") from None
-        if resume:
-            store.load()
-            done = store.done_keys()
-            if trials is not None:
-                skipped = sum(t["trial_key"] in done for t in trials)
-                trials = [t for t in trials if t["trial_key"] not in done]
-            else:
-                skipped = len(done)
-    return PreparedRun(study, str(path), store, trials, skipped)
-
-
 def _gpus_per_trial(study: Study) -> float:
     import ray
 
@@ -152,52 +103,8 @@ def _gpus_per_trial(study: Study) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def resources_text(study: Study, gpus: float | None = None) -> str:
-    """What each trial asks for; ``gpus`` None: as the study says, before Ray is asked."""
-    cpus = study.resources.cpus_per_trial
-    if gpus is None:
-        g = study.resources.gpus_per_trial
-        gpu_text = "1 GPU if the cluster has GPUs, else 0" if g is None else f"{g:g} GPU"
-    else:
-        gpu_text = f"{gpus:g} GPU"
-    return f"{cpus:g} CPU, {gpu_text}"
-
-
-def _best_so_far(prepared: PreparedRun) -> tuple[float, str] | None:
-    """(value, arm) of the best finished trial of earlier runs (``--resume``)."""
-    from raycl.study.summary import metric_frame
-
-    study = prepared.study
-    frames = prepared.store.frames()
-    trials = metric_frame(frames["trials"], frames["curves"], study.metric)
-    if trials.empty or study.metric not in trials.columns:
-        return None
-    done = trials[(trials["status"] == "TERMINATED") & trials[study.metric].notna()]
-    if done.empty:
-        return None
-    row = done.loc[done[study.metric].idxmax() if study.mode == "max"
-                   else done[study.metric].idxmin()]
-    return float(row[study.metric]), str(row["arm"])
-
-
 def _trial_name(trial: Any) -> str:
-    spec = trial.config["trial"]
-    return f"{spec['arm']}_s{spec['seed']}_{spec['trial_key'][:8]}"
-
-
-def _optuna_previous(prepared: PreparedRun) -> list[dict[str, Any]]:
-    """Finished trials of earlier runs, as the Optuna searcher takes them."""
-    from raycl.study.summary import metric_frame
-    from raycl.tune.search import params_from_row
-
-    study = prepared.study
-    frames = prepared.store.frames()
-    trials = metric_frame(frames["trials"], frames["curves"], study.metric)
-    spaces = {a.name: a.space for a in study.arms}
-    return [{"arm": row["arm"], "params": params_from_row(spaces[row["arm"]], row),
-             "seed": int(row["seed"]), "value": row.get(study.metric)}
-            for row in trials.to_dict("records")
-            if row["status"] == "TERMINATED" and row["arm"] in spaces]
+    return trial_spec(trial).name
 
 
 class _StopOnSignal(tune.Stopper):
@@ -231,70 +138,46 @@ def _stop_on_signals(stopper: _StopOnSignal, out: TextIO) -> Iterator[None]:
         print(f"\n{signal.Signals(signum).name}: stopping the study (running trials stop, "
               f"results are written); press Ctrl-C again to quit at once", file=out, flush=True)
 
-    saved_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     try:
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: leave signals (and Tune's handling) alone
         yield
         return
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        yield
+        with signal_handling_off():
+            yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        if saved_env is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
-
-
-class _DropRestoreHint(logging.Filter):
-    """Drops Tune's "resume with Tuner.restore(...)" advice: a raycl study resumes with
-    ``--resume``, which the summary says."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore" not in record.getMessage()
-
-
-@contextmanager
-def _quiet_tune_restore_hints() -> Iterator[None]:
-    """Hide, while a study runs, Tune's Tuner.restore advice and its warnings about trials that
-    never started having no metrics (after an interruption)."""
-    tune_logger = logging.getLogger("ray.tune.tune")
-    analysis_logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    hint, level = _DropRestoreHint(), analysis_logger.level
-    tune_logger.addFilter(hint)
-    analysis_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        tune_logger.removeFilter(hint)
-        analysis_logger.setLevel(level)
 
 
 def _scheduler(study: Study) -> Any:
-    """The study's trial scheduler (None: FIFO); one instance serves every batch, so ASHA's
-    rungs hold the results of all trials so far."""
+    """The search phase's trial scheduler (None: FIFO); one instance serves every batch, so
+    ASHA's rungs hold the results of all trials so far. It ranks on the split configs are
+    chosen on (validation unless the study selects on 'test')."""
     if study.scheduler != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    metric, mode = ((study.metric, study.mode) if reported_every_experience(study.metric)
-                    else ("avg_accuracy", "max"))
+    split = VALID if study.selection != "test" else TEST
+    metric, mode = ((metric_column(study.metric, split), study.mode)
+                    if reported_every_experience(study.metric)
+                    else (metric_column(AVG_ACCURACY, split), "max"))
     return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
                          max_t=study.benchmark.n_experiences, grace_period=1,
                          reduction_factor=2)
 
 
 def _searcher(prepared: PreparedRun) -> Any:
-    """The Optuna searcher of an Optuna study (one instance for every batch)."""
+    """The Optuna searcher of an Optuna study (one instance for every batch); it is told the
+    column configs are ranked on (validation unless the study selects on 'test')."""
     from raycl.tune.search import SeededOptunaSearch
 
     study = prepared.study
     return SeededOptunaSearch({a.name: a.space for a in study.arms}, study.seeds,
-                              arm_budget(study), study.metric, study.mode, study.search_seed,
-                              previous=_optuna_previous(prepared))
+                              arm_budget(study), rank_column(study), study.mode,
+                              study.search_seed, previous=prepared.finished_configs(),
+                              where=trial_where(study))
 
 
 def trial_slots(study: Study, gpus: float) -> int:
@@ -326,22 +209,22 @@ def _batches(total: int, per_batch: int) -> list[int]:
 
 
 def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any], *, name: str,
-           trials: list[dict[str, Any]] | None, num_samples: int, scheduler: Any,
+           trials: list[TrialSpec] | None, num_samples: int, scheduler: Any,
            searcher: Any, stopper: tune.Stopper | None = None) -> tune.Tuner:
     """One Tune run: the grid of ``trials``, or ``num_samples`` trials from ``searcher``."""
     study = prepared.study
     cpus = float(study.resources.cpus_per_trial)
-    source = Path(prepared.path).read_text()
-    ref = {"filename": prepared.path, "source": source, "settings": settings_of(study),
-           "use_gpu": gpus > 0, "cpus_per_trial": cpus}
-    fn = tune.with_resources(tune.with_parameters(trainable, ref=ref),
-                             {"cpu": cpus, "gpu": gpus})
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, source=prepared.source, use_gpu=gpus > 0,
+                             cpus_per_trial=cpus, storage=prepared.store.uri),
+        {"cpu": cpus, "gpu": gpus})
     if trials is not None:
-        param_space: dict[str, Any] = {"trial": tune.grid_search(trials)}
+        param_space: dict[str, Any] = {
+            TRIAL_CONFIG: tune.grid_search([tune_config(t) for t in trials])}
         search_alg, num_samples = None, 1
     else:
         param_space, search_alg = {}, searcher
-    tune_config = tune.TuneConfig(
+    settings = tune.TuneConfig(
         num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
         max_concurrent_trials=study.max_concurrent, reuse_actors=True,
         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
@@ -350,7 +233,7 @@ def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any], *, name: st
         stop=stopper,
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=study.keep_checkpoints))
-    return tune.Tuner(fn, param_space=param_space, tune_config=tune_config,
+    return tune.Tuner(fn, param_space=param_space, tune_config=settings,
                       run_config=run_config)
 
 
@@ -368,112 +251,131 @@ def ray_init_kwargs(address: str | None, dashboard_host: str | None = None) -> d
     return kwargs
 
 
-def run_study(path: str | Path, *, address: str | None = None, storage: str = "results",
-              num_samples: int | None = None, max_concurrent: int | None = None,
-              gpus_per_trial: float | None = None, cpus_per_trial: float | None = None,
-              resume: bool = False, smoke: bool = False, out: TextIO | None = None,
-              prepared: PreparedRun | None = None, dashboard_host: str | None = None,
-              trials_per_batch: int | None = None) -> StudyOutcome:
-    """Run the study file at ``path`` and write its Parquet results; see the module docstring.
+def run_study(prepared: PreparedRun, *, address: str | None = None,
+              dashboard_host: str | None = None, trials_per_batch: int | None = None,
+              out: TextIO | None = None) -> StudyOutcome:
+    """Run a prepared study (:func:`raycl.study.plan.prepare_run`) on Ray Tune and write its
+    Parquet results; see the module docstring.
 
     ``address`` joins a running cluster ("auto" on a cluster node); without it a local Ray is
     started and shut down at the end, with a dashboard only if ``dashboard_host`` is given.
     ``trials_per_batch`` caps the trials of one Tune run (None:
-    :func:`default_trials_per_batch`; 0: all in one run). The remaining options are the CLI's.
+    :func:`default_trials_per_batch`; 0: all in one run). Raises
+    :class:`~raycl.study.plan.RunError` when Ray cannot be started or joined.
     """
     start = time.monotonic()
     out = out or sys.stdout
-    if prepared is None:
-        prepared = prepare_run(path, storage=storage, num_samples=num_samples,
-                               max_concurrent=max_concurrent, gpus_per_trial=gpus_per_trial,
-                               cpus_per_trial=cpus_per_trial, resume=resume, smoke=smoke)
-    study, store = prepared.study, prepared.store
-    if prepared.trials is not None and not prepared.trials:
-        print(f"study {study.name}: all {prepared.skipped} trials are done already",
-              file=out)
+    if prepared.next_batch(set()) is None:
+        done = len(prepared.store.done_keys())
+        print(f"study {prepared.study.name}: all {done} trials are done already", file=out)
+        prepared.store.set_selection(prepared.selection())
         return _outcome(prepared, [], start, False, out)
 
     import ray
 
-    # Ray's own trial table is replaced by ProgressCallback (verbose=0 silences it only with
-    # the classic output engine).
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # No per-trial result.json / progress.csv / TensorBoard files from Tune's default logger
-    # callbacks: the Parquet tables hold every report, and the loggers' per-trial writers
-    # (a TensorBoard writer thread per trial) cost the driver ~0.1 MB of RSS per trial
-    # (bench_load.py). TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 in the environment brings them back.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    connected = fitting = False
-    write_error = None
+    set_run_environment()
+    connected = False
     try:
         if not ray.is_initialized():
-            try:
-                ray.init(**ray_init_kwargs(address, dashboard_host))
-            except (ConnectionError, RuntimeError, ValueError) as err:
-                where = f"the Ray cluster at {address}" if address else "a local Ray"
-                raise RunError(f"cannot start or join {where}: "
-                               f"{' '.join(str(err).split())}") from None
+            _connect(address, dashboard_host)
             connected = True
-        stopper = _StopOnSignal()
+        run, parquet, write_error, stopped = _fit_batches(prepared, trials_per_batch, out)
+    finally:
+        if connected:  # stops the local Ray we started; only disconnects from a cluster
+            ray.shutdown()
+    if write_error or parquet.write_error:
+        print(f"raycl: error: {write_error or parquet.write_error}; the files there hold the "
+              f"last complete write", file=sys.stderr)
+    interrupted = stopped or run.ended < run.expected or bool(write_error)
+    return _outcome(prepared, list(parquet.started), start, interrupted, out)
+
+
+def _connect(address: str | None, dashboard_host: str | None) -> None:
+    """Start a local Ray, or join the cluster at ``address``; :class:`RunError` if neither."""
+    import ray
+
+    try:
+        ray.init(**ray_init_kwargs(address, dashboard_host))
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise RunError(f"cannot start or join {where}: {' '.join(str(err).split())}") from None
+
+
+class _Run:
+    """What the callbacks of every Tune run of one study run counted."""
+
+    def __init__(self) -> None:
+        self.expected = 0
+        self.ended = 0
+
+
+def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextIO
+                 ) -> tuple[_Run, ParquetCallback, str | None, bool]:
+    """Every phase of the study's protocol, each as Tune runs of at most ``trials_per_batch``
+    trials, under one signal handler. Returns what ran, the Parquet callback (what it
+    recorded), why the final write failed (if it did) and whether a signal stopped the run."""
+    study, store = prepared.study, prepared.store
+    stopper = _StopOnSignal()
+    parquet = ParquetCallback(store)
+    run = _Run()
+    write_error = None
+    fitting = False
+    try:
         with _stop_on_signals(stopper, out):
             gpus = _gpus_per_trial(study)
             for line in header(study, resources_text(study, gpus)):
                 print(line, file=out)
-            total = (len(prepared.trials) if prepared.trials is not None else max(
-                0, sum(arm_budget(study).values()) * len(study.seeds) - prepared.skipped))
-            print(f"running {total} trials" + (f" ({prepared.skipped} done before)"
-                                                if prepared.skipped else "")
-                  + f"; results in {store.uri}", file=out, flush=True)
-            progress = ProgressCallback(total, study.metric, study.mode, prepared.skipped,
-                                        best=_best_so_far(prepared), out=out)
-            parquet = ParquetCallback(store)
+            print(f"results in {store.uri}", file=out, flush=True)
             per_batch = (default_trials_per_batch(trial_slots(study, gpus))
                          if trials_per_batch is None else trials_per_batch)
-            sizes = _batches(total, per_batch)
             scheduler = _scheduler(study)
-            searcher = _searcher(prepared) if prepared.trials is None else None
             # the pid: two runs started in the same second (quick kill/resume) never share a
             # folder
             name = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}"
-            fitting = True
-            first = 0
-            for k, size in enumerate(sizes):
-                tuner = _tuner(
-                    prepared, gpus, [parquet, progress],
-                    name=name if len(sizes) == 1 else f"{name}-b{k:03d}",
-                    trials=(None if prepared.trials is None
-                            else prepared.trials[first:first + size]),
-                    num_samples=size, scheduler=scheduler, searcher=searcher,
-                    stopper=stopper)
-                first += size
-                with _quiet_tune_restore_hints():
-                    tuner.fit()
-                del tuner  # frees this batch's Trial objects before the next batch
-                if stopper.stopped:
-                    break  # Ctrl-C / SIGTERM: Tune stopped the batch and returned
-            progress.close()
+            tried: set[str] = set()
+            fitting, first_phase, k = True, True, 0
+            while not stopper.stopped and (batch := prepared.next_batch(tried)) is not None:
+                searching = batch.phase == search_phase(study)
+                already = prepared.skipped if first_phase else 0
+                total = (len(batch.trials) if batch.trials is not None
+                         else prepared.total)
+                print(f"phase {batch.note}" + (f" ({already} done before)" if already else ""),
+                      file=out, flush=True)
+                progress = ProgressCallback(total, rank_column(study), study.mode, already,
+                                            best=prepared.best_done() if searching else None,
+                                            out=out)
+                searcher = _searcher(prepared) if batch.trials is None else None
+                first = 0
+                for size in _batches(total, per_batch):
+                    trials = (None if batch.trials is None
+                              else batch.trials[first:first + size])
+                    first += size
+                    tuner = _tuner(prepared, gpus, [parquet, progress], name=f"{name}-b{k:03d}",
+                                   trials=trials, num_samples=size,
+                                   scheduler=scheduler if searching else None,
+                                   searcher=searcher, stopper=stopper)
+                    k += 1
+                    with quiet_restore_hints():
+                        tuner.fit()
+                    del tuner  # frees this batch's Trial objects before the next batch
+                    tried.update(t.trial_key for t in trials or [])
+                    if stopper.stopped:
+                        break  # Ctrl-C / SIGTERM: Tune stopped the batch and returned
+                progress.close()
+                tried.add(f"optuna:{batch.phase}")
+                run.expected += total
+                run.ended += progress.done - already + progress.errored
+                first_phase = False
+                store.set_selection(prepared.selection())
     finally:
         if fitting:  # whatever was recorded before an error or Ctrl-C
             try:
+                store.set_selection(prepared.selection())
                 store.write()
             except OSError as err:
                 write_error = f"cannot write the results to {store.uri}: " \
                               f"{' '.join(str(err).split())}"
-        if connected:  # stops the local Ray we started; only disconnects from a cluster
-            ray.shutdown()
-    ended = _ended(progress, prepared)
-    if write_error or parquet.write_error:
-        print(f"raycl: error: {write_error or parquet.write_error}; the files there hold the "
-              f"last complete write", file=sys.stderr)
-    interrupted = ended < total or bool(write_error)
-    return _outcome(prepared, list(parquet.started), start, interrupted, out)
-
-
-def _ended(progress: ProgressCallback, prepared: PreparedRun) -> int:
-    """Trials of this run that ended (finished, diverged or errored for good). Counted from
-    the callbacks, not from fit()'s ResultGrid: after Ctrl-C / SIGTERM fit() returns normally
-    and its grid leaves out the trials that never started."""
-    return progress.done - prepared.skipped + progress.errored
+    return run, parquet, write_error, stopper.stopped
 
 
 def _outcome(prepared: PreparedRun, trial_ids: list[str], start: float, interrupted: bool,
@@ -481,14 +383,14 @@ def _outcome(prepared: PreparedRun, trial_ids: list[str], start: float, interrup
     study, store = prepared.study, prepared.store
     frames = store.frames()
     trials = frames["trials"]
-    mine = trials[trials["trial_id"].isin(trial_ids)] if trial_ids else trials.iloc[:0]
-    lines = summary_lines(trials, frames["curves"], study.metric, study.mode)
+    mine = trials[trials[TRIAL_ID].isin(trial_ids)] if trial_ids else trials.iloc[:0]
+    errored = mine[STATUS] == ERRORED
+    lines = summary_lines(prepared.selection(), trials)
     outcome = StudyOutcome(
         study=study, directory=store.uri, paths={t: store.path(t) for t in frames},
-        started=len(trial_ids), finished=int((mine["status"] == "TERMINATED").sum()),
-        errored=int((mine["status"] == "ERROR").sum()),
-        diverged=int(((mine["status"] == "ERROR")
-                      & mine["error"].fillna("").str.startswith("diverged:")).sum()),
+        started=len(trial_ids), finished=int((mine[STATUS] == TERMINATED).sum()),
+        errored=int(errored.sum()),
+        diverged=int((errored & mine[ERROR].fillna("").str.startswith(f"{DIVERGED}:")).sum()),
         skipped=prepared.skipped,
         interrupted=interrupted, wall_time_s=time.monotonic() - start, summary=lines)
     print("", file=out)

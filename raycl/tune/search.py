@@ -22,30 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune.search import Searcher
-from ray.tune.search.sample import Categorical, Integer
 
-from raycl.study.trial import make_trial
-from raycl.tune.space import is_domain, is_grid, to_plain
+from raycl.study.plan import TrialSpec, make_trial
+from raycl.study.space import is_domain, to_plain
+from raycl.tune.compat import TRIAL_CONFIG, tune_config
 
-__all__ = ["SeededOptunaSearch", "params_from_row"]
-
-
-def params_from_row(space: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
-    """An arm's config from a trials-table row, with the types its space gives (Parquet holds
-    an int parameter as a float where another arm leaves the column empty)."""
-    params = {}
-    for key, domain in space.items():
-        value = row.get(f"param_{key}")
-        if isinstance(domain, Categorical):
-            value = next((c for c in domain.categories if c == value), value)
-        elif isinstance(domain, Integer):
-            value = int(value)
-        elif is_domain(domain):
-            value = float(value)
-        elif not is_grid(domain):
-            value = to_plain(domain)
-        params[key] = to_plain(value)
-    return params
+__all__ = ["SeededOptunaSearch"]
 
 
 @dataclass
@@ -70,11 +52,13 @@ class SeededOptunaSearch(Searcher):
         seed: seeds the samplers (each arm's sampler gets its own derived seed).
         previous: finished trials of earlier runs: dicts with ``arm``, ``params``, ``seed``
             and ``value`` (the metric, NaN if the trial errored).
+        where: ``make_trial`` keywords of the trials it suggests (phase, stream).
     """
 
     def __init__(self, arms: Mapping[str, Mapping[str, Any]], seeds: Sequence[int],
                  budget: Mapping[str, int], metric: str, mode: str, seed: int = 0,
-                 previous: Sequence[Mapping[str, Any]] = ()) -> None:
+                 previous: Sequence[Mapping[str, Any]] = (),
+                 where: Mapping[str, Any] | None = None) -> None:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
@@ -82,6 +66,7 @@ class SeededOptunaSearch(Searcher):
         # every report, while final_avg_accuracy comes with the last experience only.
         super().__init__(metric=None, mode=None)
         self._target = metric
+        self._where = dict(where or {})
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self._optuna = optuna
         self._seeds = [int(s) for s in seeds]
@@ -99,7 +84,7 @@ class SeededOptunaSearch(Searcher):
             sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003
                                                        + zlib.crc32(name.encode())) % 2**32)
             self._studies[name] = optuna.create_study(direction=direction, sampler=sampler)
-        self._queue: list[dict[str, Any]] = []
+        self._queue: list[tuple[TrialSpec, int]] = []  # (trial, index of its group)
         self._groups: list[_Group] = []
         self._by_trial: dict[str, tuple[_Group, int]] = {}
         self._turn = 0
@@ -139,8 +124,8 @@ class SeededOptunaSearch(Searcher):
     def _start_group(self, group: _Group) -> None:
         self._groups.append(group)
         for s in sorted(group.pending):
-            self._queue.append({"trial": make_trial(group.arm, group.params, s),
-                                "_group": len(self._groups) - 1})
+            self._queue.append((make_trial(group.arm, group.params, s, **self._where),
+                                len(self._groups) - 1))
 
     def _next_arm(self) -> str | None:
         for i in range(len(self._arms)):
@@ -163,10 +148,9 @@ class SeededOptunaSearch(Searcher):
                 ot_trial = self._studies[arm].ask(self._dists[arm])
                 params.update({k: to_plain(v) for k, v in ot_trial.params.items()})
             self._start_group(_Group(arm, params, ot_trial, set(self._seeds)))
-        item = self._queue.pop(0)
-        group = self._groups[item["_group"]]
-        self._by_trial[trial_id] = (group, int(item["trial"]["seed"]))
-        return {"trial": item["trial"]}
+        trial, index = self._queue.pop(0)
+        self._by_trial[trial_id] = (self._groups[index], trial.seed)
+        return {TRIAL_CONFIG: tune_config(trial)}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:

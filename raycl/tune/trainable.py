@@ -1,7 +1,8 @@
 """The Ray Tune function trainable: :func:`raycl.study.trial.run_trial` inside a trial process.
 
-What it adds to ``run_trial``: it loads the study in the trial process (from the study file's
-text, which travels with the trial, so worker nodes need no copy of the file), picks the device,
+What it adds to ``run_trial``: it loads the study in the trial process (from its
+:class:`~raycl.study.plan.StudySource`, which travels with the trial, so worker nodes need no
+copy of the file), picks the device,
 turns every ``report(metrics, state)`` into ``tune.report(metrics, checkpoint=...)`` with the
 state saved by ``torch.save`` next to its SHA-256, and restarts from ``tune.get_checkpoint()``
 after a failure. A checkpoint whose digest does not match (a trial killed while it was written, a
@@ -15,8 +16,6 @@ generator at the start of each trial, and the loaded study and benchmark are cac
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import os
 import re
 import sys
@@ -26,6 +25,11 @@ from typing import Any
 
 import pyarrow.fs as pafs
 from ray import tune
+
+from raycl.study.plan import StudySource
+from raycl.study.results import resolve_storage
+from raycl.study.spec import Study
+from raycl.tune.compat import quiet_checkpoint_logs, spec_of_config
 
 __all__ = ["DIGEST_FILE", "STATE_FILE", "TEMP_PREFIX", "CorruptCheckpoint", "read_checkpoint",
            "remove_stale_temporaries", "restore_state", "trial_device", "trainable",
@@ -155,20 +159,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-_STUDIES: dict[str, Any] = {}
+_STUDIES: dict[str, Study] = {}
 
 
-def _study(ref: dict[str, Any]) -> Any:
-    """The study of ``ref`` (file text + driver settings), loaded once per process."""
-    from raycl.study.loader import load_study_source
-    from raycl.study.plan import apply_settings
-
-    key = hashlib.sha1(json.dumps([ref["filename"], ref["source"], ref["settings"]],
-                                  sort_keys=True, default=str).encode()).hexdigest()
-    if key not in _STUDIES:
-        study = load_study_source(ref["filename"], ref["source"], validate=False)
-        _STUDIES[key] = apply_settings(study, ref["settings"])
-    return _STUDIES[key]
+def _study(source: StudySource) -> Study:
+    """The study of ``source``, loaded once per process (trial processes are reused)."""
+    if source.digest not in _STUDIES:
+        _STUDIES[source.digest] = source.load()
+    return _STUDIES[source.digest]
 
 
 def trial_device(use_gpu: bool) -> tuple[str, dict[str, Any]]:
@@ -199,17 +197,20 @@ def trial_device(use_gpu: bool) -> tuple[str, dict[str, Any]]:
     return "cpu", info
 
 
-def trainable(config: dict[str, Any], ref: dict[str, Any]) -> None:
-    """Run one trial (``config["trial"]``) of the study described by ``ref``."""
-    # Ray logs every checkpoint at INFO level from the trial process: one line per experience.
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    device, info = trial_device(bool(ref["use_gpu"]))
+def trainable(config: dict[str, Any], source: StudySource, use_gpu: bool,
+              cpus_per_trial: float, storage: str) -> None:
+    """Run the trial of ``config`` (see ``raycl.tune.compat.tune_config``) of the study that
+    ``source`` describes; ``storage`` is the study's folder (a trial that continues another
+    trial's learner reads its checkpoint there)."""
+    quiet_checkpoint_logs()
+    device, info = trial_device(use_gpu)
     import torch
 
     from raycl.study.trial import run_trial
 
-    torch.set_num_threads(max(1, int(ref.get("cpus_per_trial") or 1)))
-    study = _study(ref)
+    torch.set_num_threads(max(1, int(cpus_per_trial or 1)))
+    study = _study(source)
+    spec = spec_of_config(config)
     remove_stale_temporaries()
     state = None
     checkpoint = tune.get_checkpoint()
@@ -217,8 +218,7 @@ def trainable(config: dict[str, Any], ref: dict[str, Any]) -> None:
         state, notes = restore_state(checkpoint.filesystem, checkpoint.path)
         if notes:
             note = "; ".join(notes)
-            print(f"raycl: warning: trial {config['trial']['trial_key']}: {note}",
-                  file=sys.stderr)
+            print(f"raycl: warning: trial {spec.trial_key}: {note}", file=sys.stderr)
             info["checkpoint_note"] = note
 
     def report(metrics: dict[str, Any], state_out: dict[str, Any] | None) -> None:
@@ -231,4 +231,8 @@ def trainable(config: dict[str, Any], ref: dict[str, Any]) -> None:
             # Copied to the trial's storage before report returns: the temp dir may go.
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    run_trial(study, config["trial"], report, state, device=device, info=info)
+    init = None
+    if spec.init is not None:  # per-experience selection: continue the chosen learner
+        fs, _, _ = resolve_storage(storage)
+        init = read_checkpoint(fs, spec.init)
+    run_trial(study, spec, report, state, init_state=init, device=device, info=info)

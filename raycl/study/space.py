@@ -1,4 +1,4 @@
-"""Search spaces: checking Ray Tune domains and sampling them deterministically.
+"""Search spaces: checking Ray Tune domains, sampling them deterministically, reading them back.
 
 raycl draws the configs of 'random' and 'grid' studies itself (instead of letting Tune's
 ``BasicVariantGenerator`` do it), with a generator seeded from the study and the arm name, so the
@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from ray.tune.search.sample import Categorical, Domain, Float, Function, Integer
 
+from raycl.study.schema import param_column
+
 __all__ = [
     "arm_rng",
     "check_space",
@@ -24,6 +26,7 @@ __all__ = [
     "is_constant",
     "is_domain",
     "is_grid",
+    "params_from_row",
     "sample_configs",
     "to_plain",
 ]
@@ -136,3 +139,21 @@ def sample_configs(space: Mapping[str, Any], num_samples: int, rng: np.random.Ge
                 seen.add(text)
                 configs.append(config)
     return configs
+
+
+def params_from_row(space: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+    """An arm's config from a trials-table row, with the types its space gives (Parquet holds
+    an int parameter as a float where another arm leaves the column empty)."""
+    params = {}
+    for key, domain in space.items():
+        value = row.get(param_column(key))
+        if isinstance(domain, Categorical):
+            value = next((c for c in domain.categories if c == value), value)
+        elif isinstance(domain, Integer):
+            value = int(value)
+        elif is_domain(domain):
+            value = float(value)
+        elif not is_grid(domain):
+            value = to_plain(domain)
+        params[key] = to_plain(value)
+    return params

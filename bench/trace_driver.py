@@ -1,6 +1,6 @@
 """Run ``python -m raycl.study`` with tracemalloc on, for finding where the driver's memory goes.
 
-    .venv/bin/python benchmarks/trace_driver.py FIRST LAST STUDY_FILE [raycl.study options]
+    .venv/bin/python bench/trace_driver.py FIRST LAST STUDY_FILE [raycl.study options]
 
 ``bench_load.py --tracemalloc`` runs the driver through this. Snapshots are taken when the
 FIRST-th and the LAST-th trial finish (from a Tune callback's ``on_trial_complete``); the top

@@ -1,6 +1,6 @@
 """Load: a study of many tiny trials, every one accounted for, and the driver's memory over time.
 
-    .venv/bin/python benchmarks/bench_load.py [--trials 200] [--interval 1.0]
+    .venv/bin/python bench/bench_load.py [--trials 200] [--interval 1.0]
 
 Writes a study file of ``--trials`` tiny trials (one arm searching ``lr`` over 100 configs x 2
 seeds for the default 200; split digits in 2 experiences, 1 epoch, an MLP of 16 units), runs
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200, help="trials (even: 2 seeds each)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     parser.add_argument("--tracemalloc", default=None, metavar="FIRST,LAST",
-                        help="run the driver under tracemalloc (benchmarks/trace_driver.py) and "
+                        help="run the driver under tracemalloc (bench/trace_driver.py) and "
                              "print the top allocation sites by growth between the FIRST-th "
                              "and LAST-th finished trial (slower; RSS includes its overhead)")
     parser.add_argument("--trials-per-batch", type=int, default=None, metavar="N",
@@ -90,7 +90,7 @@ def main() -> None:
             command += ["--trials-per-batch", str(args.trials_per_batch)]
         if args.tracemalloc:
             first, last = args.tracemalloc.split(",")
-            command[1:3] = [str(REPO / "benchmarks" / "trace_driver.py"), first, last]
+            command[1:3] = [str(REPO / "bench" / "trace_driver.py"), first, last]
         log = (work / "driver.log").open("w")
         start = time.monotonic()
         driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

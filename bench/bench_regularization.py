@@ -1,9 +1,9 @@
 """Cost and memory of the regularisation plugins (EWC, online EWC, SI, RWalk, LwF).
 
-    .venv/bin/python benchmarks/bench_regularization.py [--device cuda] [--repeats 5]
+    .venv/bin/python bench/bench_regularization.py [--device cuda] [--repeats 5]
         [--scenarios class,task,permuted] [--memory-experiences 10]
 
-For each scenario of the peer-timings workload (see benchmarks/common.py: 4,000 samples,
+For each scenario of the peer-timings workload (see bench/common.py: 4,000 samples,
 MLP 784-256-256-10, batch 32, SGD lr 0.05 momentum 0.9, 2 epochs, 5 experiences; task-IL uses
 a MultiHeadMLP 784-256-256 with a head per task) prints each plugin's training time, its ratio
 to the plain PyTorch loop measured in the same process (runs interleaved, median of

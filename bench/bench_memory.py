@@ -1,8 +1,8 @@
 """Memory plugins (Replay, GDumb, GEM, A-GEM) against a hand-written PyTorch loop.
 
-    .venv/bin/python benchmarks/bench_memory.py [--device cuda] [--repeats 5]
+    .venv/bin/python bench/bench_memory.py [--device cuda] [--repeats 5]
 
-Prints, for the peer-timings workload (see benchmarks/common.py; class-IL split, 5 experiences,
+Prints, for the peer-timings workload (see bench/common.py; class-IL split, 5 experiences,
 MLP 784-256-256-10, batch 32, 2 epochs): the training time of each strategy, interleaved and the
 median of ``--repeats``, and its ratio to the plain loop measured in the same process. Settings
 are the peer-timings rows: Replay mem 500, GDumb mem 500, GEM 100 patterns/experience and

@@ -1,8 +1,8 @@
 """CoPE and CWR* training time against a plain PyTorch loop in the same process.
 
-    .venv/bin/python benchmarks/bench_cope.py [--device cuda] [--repeats 5] [--threads 1]
+    .venv/bin/python bench/bench_cope.py [--device cuda] [--repeats 5] [--threads 1]
 
-Workloads (see benchmarks/common.py; random tensors with a class structure, so accuracies are
+Workloads (see bench/common.py; random tensors with a class structure, so accuracies are
 only comparable with each other):
 - the online stream of shared/reference/peer-timings.md: the class-IL split cut into 400
   experiences of 10 samples, one pass, batch 10, SGD lr 0.01 momentum 0.9. The plain loop does

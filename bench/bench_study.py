@@ -1,6 +1,6 @@
 """Wall time and overhead of a whole study, Ray start-up included.
 
-    .venv/bin/python benchmarks/bench_study.py [--study studies/ewc_vs_si.py] [--repeats 1]
+    .venv/bin/python bench/bench_study.py [--study studies/ewc_vs_si.py] [--repeats 1]
 
 Runs ``python -m raycl.study STUDY`` as a new process (a fresh local Ray, exactly what a user
 runs), times it from the outside, then reads the study's trials.parquet and prints:

@@ -1,8 +1,8 @@
 """Naive against a hand-written PyTorch loop, and the cost of starting an experience.
 
-    .venv/bin/python benchmarks/bench_engine.py [--device cuda] [--repeats 7]
+    .venv/bin/python bench/bench_engine.py [--device cuda] [--repeats 7]
 
-Prints, for the peer-timings workload (see benchmarks/common.py): the plain loop's training time,
+Prints, for the peer-timings workload (see bench/common.py): the plain loop's training time,
 Naive's with no metrics and with the default evaluator, and their ratios (target <= 1.10);
 the online stream (400 experiences of 10 samples, batch 10) against a plain loop over the same
 minibatches (target <= 2x); and the time of ``import raycl``.
