@@ -48,7 +48,11 @@ def run_once(study: str, storage: Path, extra: list[str]) -> dict[str, float]:
     concurrency = min(len(trials), cpus)  # the default study asks 1 CPU per trial
     train = float(trials["train_time_s"].sum())
     train_eval = train + float(last["eval_time_s"].sum())
+    selection = trials_path.with_name("selection.parquet")
+    chosen = pd.read_parquet(selection) if selection.exists() else None
     return {"wall_s": wall, "trials": float(len(trials)), "concurrency": float(concurrency),
+            "chosen": chosen,  # type: ignore[dict-item]
+            "phases": trials["phase"].value_counts().to_dict(),  # type: ignore[dict-item]
             "train_s": train, "train_eval_s": train_eval,
             "ratio": wall / (train / concurrency),
             "ratio_with_eval": wall / (train_eval / concurrency),
@@ -88,6 +92,15 @@ def main() -> None:
     print(f"  overhead ratio            {med('ratio'):.2f} (wall / (training / concurrency); "
           f"target <= 2)")
     print(f"  ratio counting evaluation {med('ratio_with_eval'):.2f}")
+    print(f"  trials per phase          {runs[-1]['phases']}")
+    chosen = runs[-1]["chosen"]
+    if chosen is not None:  # what each arm was chosen on, and what is reported (last run)
+        print("  per arm (last run): chosen on validation -> test of the same runs -> reported")
+        for r in chosen.to_dict("records"):
+            print(f"    {r['arm']:<12} {r['selection_metric']} {r['selection_value']:.4f}  "
+                  f"search test {r['search_test_mean']:.4f}  reported ({r['reported_phase']}, "
+                  f"n={r['reported_n']}) {r['reported_mean']:.4f} "
+                  f"[{r['reported_low']:.4f}, {r['reported_high']:.4f}] {r['verdict']}")
 
 
 if __name__ == "__main__":

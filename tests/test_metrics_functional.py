@@ -108,3 +108,24 @@ def test_accuracy_matrix_from_metrics_rows_are_results():
     train = accuracy_matrix_from_metrics(results, stream="train_stream")
     assert math.isnan(train[0][0]) and train[0][1] == 0.7
     assert all(math.isnan(v) for v in train[1])
+
+
+def test_forgetting_counts_only_rows_after_the_experience_was_learned():
+    """Chaudhry et al. 2018: max over rows j <= l < k. Experience 1 scores 0.95 before it is
+    learned (transfer in a domain-incremental stream) and 0.90 after: forgetting is measured
+    from 0.90. The trials' avg_forgetting and the analysis' per-experience forgetting agree."""
+    import pandas as pd
+
+    from raycl.analysis import forgetting_per_experience
+    from raycl.evaluation.functional import average_forgetting, forgetting
+
+    R = [[0.90, 0.95, 0.60],
+         [0.80, 0.90, 0.50],
+         [0.70, 0.60, 0.95]]
+    assert forgetting(R) == pytest.approx([0.90 - 0.70, 0.90 - 0.60])
+    assert average_forgetting(R) == pytest.approx(0.25)
+    matrix = pd.DataFrame([{"trial_id": "t", "seed": 0, "split": "test", "trained_exp": i,
+                            "eval_exp": j, "accuracy": R[i][j]}
+                           for i in range(3) for j in range(3)])
+    per_exp = forgetting_per_experience(matrix)
+    assert per_exp.sort_values("eval_exp")["forgetting"].tolist() == pytest.approx([0.2, 0.3])

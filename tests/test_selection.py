@@ -15,6 +15,7 @@ from study_files import TINY, write_study
 from raycl.study import load_study, make_trial, run_trial
 from raycl.study.protocol import (
     choices,
+    comparisons_frame,
     confirm_seeds,
     first_trials,
     next_batch,
@@ -213,3 +214,79 @@ def test_asha_and_optuna_see_the_validation_split_only(tiny):
     prepared = PreparedRun(optuna, StudySource("x.py", ""), ResultStore("/nonexistent", "t"),
                            None, 0)
     assert _searcher(prepared)._target == "valid_final_avg_accuracy"
+
+
+# ---- reported intervals, paired comparisons, ranking with failed seeds ---------------------------
+def _two_arm_study(tiny):
+    return dataclasses.replace(tiny, arms=[tiny.arms[0], tiny.arms[1]], seeds=[0, 1, 2],
+                               confirm_seeds=[])
+
+
+def test_reported_figures_have_a_t_interval_and_a_paired_verdict(tiny):
+    from scipy import stats as scipy_stats
+
+    study = _two_arm_study(tiny)
+    test = split_column("test", "final_avg_accuracy")
+    valid = split_column("valid", "final_avg_accuracy")
+    naive = [0.50, 0.55, 0.52]
+    ewc = [0.70, 0.74, 0.73]
+    rows = [_row(make_trial("naive", {}, s), **{valid: v, test: v}) for s, v in enumerate(naive)]
+    rows += [_row(make_trial("ewc", {"ewc_lambda": 3.0}, s), **{valid: v, test: v})
+             for s, v in enumerate(ewc)]
+    trials = pd.DataFrame(rows)
+    table = selection_frame(study, trials, pd.DataFrame()).set_index("arm")
+    low, high = scipy_stats.t.interval(0.95, 2, loc=sum(ewc) / 3,
+                                       scale=scipy_stats.sem(ewc))
+    assert table.loc["ewc", "reported_low"] == pytest.approx(low)
+    assert table.loc["ewc", "reported_high"] == pytest.approx(high)
+    assert table.loc["ewc", "interval"] == "95% t"
+    assert list(table.index) == ["ewc", "naive"]  # best reported figure first
+    comparisons = comparisons_frame(study, trials, pd.DataFrame())
+    pair = comparisons[(comparisons["arm"] == "naive") & (comparisons["reference"] == "ewc")]
+    expected = scipy_stats.ttest_rel(naive, ewc).pvalue
+    assert pair["p_value"].iloc[0] == pytest.approx(expected)
+    assert table.loc["ewc", "verdict"].startswith("best")
+    assert "best" in table.loc["naive", "verdict"]
+
+
+def test_a_config_is_ranked_only_when_all_its_seeds_finished(tiny):
+    """1 of 3 seeds finished at 0.83 must not beat 3 of 3 at 0.80 (unless min_seeds allows)."""
+    study = _two_arm_study(tiny)
+    valid = split_column("valid", "final_avg_accuracy")
+    lucky, steady = {"ewc_lambda": 1.0}, {"ewc_lambda": 2.0}
+    rows = [_row(make_trial("ewc", lucky, 0), **{valid: 0.83})]
+    rows += [{**_row(make_trial("ewc", lucky, s)), STATUS: "ERROR", valid: math.nan}
+             for s in (1, 2)]
+    rows += [_row(make_trial("ewc", steady, s), **{valid: 0.80}) for s in (0, 1, 2)]
+    trials = pd.DataFrame(rows)
+    chosen = choices(study, trials, pd.DataFrame())["ewc"]
+    assert chosen.params == steady and chosen.configs == 1 and chosen.unranked == 1
+    relaxed = choices(dataclasses.replace(study, min_seeds=1), trials, pd.DataFrame())["ewc"]
+    assert relaxed.params == lucky and relaxed.failed == 2
+
+
+def test_a_joint_arm_trains_on_all_data_so_far_and_gives_intransigence(tiny):
+    from raycl.study.spec import no_plugins
+
+    joint = Arm("joint", no_plugins, baseline=True, joint=True)
+    study = dataclasses.replace(tiny, arms=[tiny.arms[0], joint], confirm_seeds=[])
+    final = {}
+    for arm in ("naive", "joint"):
+        reports = []
+        run_trial(study, make_trial(arm, {}, 0), lambda m, s, out=reports: out.append(m))
+        final[arm] = reports[-1]
+    # class-incremental split digits: naive forgets the first classes, joint training does not
+    assert final["joint"]["test_acc_exp_000"] > 0.8 > final["naive"]["test_acc_exp_000"]
+
+    # intransigence (Chaudhry et al. 2018) on hand-made diagonals: joint 0.9, 0.8; arm 0.7, 0.6
+    rows, curves = [], []
+    for arm, diagonal in (("joint", (0.9, 0.8)), ("naive", (0.7, 0.6))):
+        spec = make_trial(arm, {}, 0)
+        rows.append(_row(spec, **{split_column("valid", "final_avg_accuracy"): 0.5,
+                                  split_column("test", "final_avg_accuracy"): 0.5}))
+        curves += [{TRIAL_KEY: spec.trial_key, EXPERIENCE: k, accuracy_column(k): value}
+                   for k, value in enumerate(diagonal)]
+    table = selection_frame(dataclasses.replace(study, seeds=[0]), pd.DataFrame(rows),
+                            pd.DataFrame(curves)).set_index("arm")
+    assert table.loc["naive", "intransigence"] == pytest.approx(0.2)
+    assert table.loc["joint", "intransigence"] == pytest.approx(0.0)

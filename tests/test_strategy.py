@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import inspect
 import io
+import pickle
+import weakref
 
 import pytest
 import torch
@@ -12,7 +16,7 @@ from torch import nn
 from raycl.benchmarks import SplitDigits, SubsetCLDataset, nc_benchmark
 from raycl.evaluation import EvaluationPlugin, accuracy_metrics, default_evaluator, loss_metrics
 from raycl.models import MultiHeadMLP, SimpleMLP
-from raycl.plugins import HOOKS, StrategyPlugin
+from raycl.plugins import HOOKS, StrategyPlugin, plugin_spec
 from raycl.plugins.base import Clock, Strategy
 from raycl.training import Naive
 
@@ -144,11 +148,12 @@ def test_eval_every_zero_evaluates_after_each_experience():
     assert len(xs) == 2
 
 
-def _run(bench, stop_after=None, multi_head=False, seed=0):
+def _run(bench, stop_after=None, multi_head=False, seed=0, **strategy_kw):
     """Train through the stream, evaluating the whole test stream after each experience.
 
     With ``stop_after=k`` the run is checkpointed after experience k into bytes, rebuilt from
-    scratch (other initial weights) and resumed from the checkpoint.
+    scratch (other initial weights) and resumed from the checkpoint. ``strategy_kw`` go to
+    ``Naive`` (both times).
     """
     def build(init_seed):
         torch.manual_seed(init_seed)
@@ -160,7 +165,7 @@ def _run(bench, stop_after=None, multi_head=False, seed=0):
         ev = EvaluationPlugin(accuracy_metrics(epoch=True, experience=True, stream=True),
                               loss_metrics(experience=True, stream=True))
         return Naive(model, opt, train_mb_size=16, train_epochs=2, eval_mb_size=64,
-                     evaluator=ev)
+                     evaluator=ev, **strategy_kw)
 
     torch.manual_seed(seed)
     strategy = build(seed)
@@ -189,6 +194,87 @@ def test_resumed_run_equals_uninterrupted_run(multi_head):
     assert full[2].keys() == resumed[2].keys()
     for k in full[2]:
         assert torch.equal(full[2][k], resumed[2][k]), k
+
+
+def test_resumed_run_equals_uninterrupted_run_with_reset_optimizer():
+    bench = SplitDigits(n_experiences=5, seed=0)
+    full = _run(bench, reset_optimizer=True)
+    resumed = _run(bench, stop_after=1, reset_optimizer=True)
+    assert full[0] == resumed[0]
+    assert full[1] == resumed[1]
+    for k in full[2]:
+        assert torch.equal(full[2][k], resumed[2][k]), k
+
+
+class _OptimizerProbe(StrategyPlugin):
+    """Records, per experience, the optimizer's state when the experience starts, whether the
+    first update's state is that of a fresh optimizer, and the first layer's state at the end."""
+
+    def __init__(self, fresh):
+        self.fresh = fresh  # fresh(optimizer_state_of_p, p) -> bool
+        self.entries_at_start, self.fresh_first_step, self.start, self.end = [], [], [], []
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.entries_at_start.append(len(strategy.optimizer.state))
+        p = next(strategy.model.parameters())
+        self.start.append({k: v.clone() for k, v in strategy.optimizer.state.get(p, {}).items()})
+
+    def after_update(self, strategy, **kwargs):
+        if strategy.clock.train_exp_iterations == 0:
+            p = next(strategy.model.parameters())
+            self.fresh_first_step.append(self.fresh(strategy.optimizer.state[p], p))
+
+    def after_training_exp(self, strategy, **kwargs):
+        p = next(strategy.model.parameters())
+        self.end.append({k: v.clone() for k, v in strategy.optimizer.state[p].items()})
+
+
+_OPTIMIZERS = {
+    # a fresh SGD's first step copies the gradient into the momentum buffer
+    "sgd-momentum": (lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+                     lambda state, p: torch.equal(state["momentum_buffer"], p.grad)),
+    # a fresh Adam's first step is step 1
+    "adam": (lambda params: torch.optim.Adam(params, lr=1e-3),
+             lambda state, p: int(state["step"]) == 1),
+}
+
+
+def _train_probed(optimizer, **strategy_kw):
+    make_opt, fresh = _OPTIMIZERS[optimizer]
+    torch.manual_seed(0)
+    bench = SplitDigits(n_experiences=5, seed=0)
+    model = SimpleMLP(num_classes=10, input_size=64, hidden_size=16, drop_rate=0)
+    probe = _OptimizerProbe(fresh)
+    strategy = Naive(model, make_opt(model.parameters()), train_mb_size=32, train_epochs=1,
+                     plugins=[probe], evaluator=EvaluationPlugin(), **strategy_kw)
+    strategy.train(bench.train_stream[:3])
+    return probe, model
+
+
+@pytest.mark.parametrize("optimizer", list(_OPTIMIZERS))
+def test_reset_optimizer_clears_the_state_at_every_experience(optimizer):
+    probe, reset_model = _train_probed(optimizer, reset_optimizer=True)
+    assert probe.entries_at_start == [0, 0, 0]  # nothing carried into before_training_exp
+    assert probe.fresh_first_step == [True, True, True]
+    assert probe.start == [{}, {}, {}]
+
+    kept, kept_model = _train_probed(optimizer, reset_optimizer=False)
+    n_params = len(list(kept_model.parameters()))
+    assert kept.entries_at_start == [0, n_params, n_params]
+    assert kept.fresh_first_step == [True, False, False]
+    for start, end in zip(kept.start[1:], kept.end[:-1]):  # carried over unchanged
+        assert start.keys() == end.keys()
+        assert all(torch.equal(start[k], end[k]) for k in start)
+    # the switch changes training from the second experience on
+    assert any(not torch.equal(a, b) for a, b in zip(reset_model.parameters(),
+                                                     kept_model.parameters()))
+
+
+def test_reset_optimizer_false_is_the_default_behaviour():
+    _, default = _train_probed("sgd-momentum")
+    _, explicit = _train_probed("sgd-momentum", reset_optimizer=False)
+    for a, b in zip(default.parameters(), explicit.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_multi_head_heads_appear_and_optimizer_keeps_state():
@@ -254,6 +340,8 @@ def test_bad_sizes_name_the_parameter(kw, name):
 def test_bad_types_name_the_parameter():
     with pytest.raises(TypeError, match="optimizer"):
         Naive(nn.Linear(2, 2), "sgd")
+    with pytest.raises(TypeError, match="reset_optimizer"):
+        _naive(reset_optimizer=1)
     with pytest.raises(TypeError, match="plugins"):
         _naive(plugins=["ewc"])
     with pytest.raises(TypeError, match="experiences"):
@@ -283,3 +371,53 @@ def test_checkpoint_of_other_plugins_is_rejected():
     state = _naive(plugins=[P()]).state_dict()
     with pytest.raises(ValueError, match="plugins"):
         _naive().load_state_dict(state)
+
+
+# ---- plugin_spec ---------------------------------------------------------------------------------
+class _Configured(StrategyPlugin):
+    """Hyperparameters kept as attributes (one normalised), one kept under another name, one
+    changed by the constructor, one never kept."""
+
+    def __init__(self, lam, mode="a", schedule=(1, 2), *, net=None, flag=False, unkept=3):
+        self.lam = float(lam)
+        self.mode = mode
+        self._schedule = list(schedule)
+        self.net = net
+        self.flag = True  # the constructor overrides what it was given
+
+
+def test_plugin_spec_lists_every_parameter_with_its_value():
+    spec = plugin_spec(_Configured(2, schedule=[0.5, torch.ones(3)], net=nn.Linear(2, 2)))
+    assert spec == ("_Configured(lam=2.0, mode='a', schedule=[0.5, <Tensor>], net=<Linear>, "
+                    "flag=False, unkept=3)")
+    assert plugin_spec(_Configured(1e-3, "b", unkept=[1, "x", None])) == (
+        "_Configured(lam=0.001, mode='b', schedule=(1, 2), net=None, flag=False, "
+        "unkept=[1, 'x', None])")
+
+
+def test_plugin_spec_survives_copies_and_keeps_no_reference_to_its_arguments():
+    net = nn.Linear(2, 2)
+    alive = weakref.ref(net)
+    plugin = _Configured(1, unkept=net)  # the plugin itself does not keep ``unkept``
+    spec = plugin_spec(plugin)
+    assert spec.endswith("unkept=<Linear>)")
+    del net
+    gc.collect()
+    assert alive() is None  # the record holds the class name, not the module
+    assert plugin_spec(copy.deepcopy(plugin)) == spec
+    assert plugin_spec(pickle.loads(pickle.dumps(plugin))) == spec
+
+
+def test_plugin_spec_of_varargs_and_of_objects_without_a_record():
+    class Many(StrategyPlugin):
+        def __init__(self, *parts, size=1, **extra):
+            self.size = size
+
+    assert plugin_spec(Many(1, "b", size=2, x=[3])) == "Many(*parts=(1, 'b'), size=2, x=[3])"
+    assert plugin_spec(Many()) == "Many(size=1)"
+
+    class Plain:  # not a StrategyPlugin: attributes only
+        def __init__(self, size, other):
+            self.size = size
+
+    assert plugin_spec(Plain(4, 5)) == "Plain(size=4, other=<unknown>)"

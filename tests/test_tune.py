@@ -261,7 +261,7 @@ def test_driver_killed_three_times_then_resumed_loses_and_duplicates_nothing(
     assert {p.split("/")[0] for p in _files_under(work)} == {"results"}
     outside_ray = {p for p in _files_under(folder) if not p.startswith("_ray/")}
     assert outside_ray == {"trials.parquet", "matrix.parquet", "curves.parquet",
-                           "selection.parquet"}
+                           "selection.parquet", "comparisons.parquet", "study.json"}
     assert _files_under(home) == set()
 
 

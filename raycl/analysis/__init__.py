@@ -3,9 +3,12 @@
 >>> from raycl.analysis import load_study, summary, plot_avg_accuracy_curves
 >>> results = load_study("results/ewc_vs_si")   # trials, matrix, curves, selection DataFrames
 >>> results.selection                           # per arm: chosen config (on valid), test figures
+>>> results.comparisons                         # paired tests vs the best arm and the baseline
+>>> results.settings["arms"]                    # study.json: spaces, log scales, seeds, versions
 >>> summary(search_trials(results.trials), metric="test_final_avg_accuracy")
 >>> fig = plot_avg_accuracy_curves(results.trials, results.matrix, selection=results.selection)
 
+Spreads over seeds are 95 % Student-t confidence intervals of the mean (:func:`mean_intervals`).
 Accuracy is read on the test split by default (``test_*`` columns, the matrix's ``split ==
 "test"`` rows); each arm's config is the one ``selection.parquet`` records when the study has one.
 Importing this package loads pandas only; matplotlib is imported when a figure is drawn.
@@ -23,9 +26,11 @@ from raycl.analysis.load import (
 )
 from raycl.analysis.plots import (
     accuracy_is_percent,
+    arm_settings,
     infer_log_scale,
     metric_label,
     metric_name,
+    param_log_scale,
     plot_accuracy_matrices,
     plot_accuracy_matrix,
     plot_avg_accuracy_curves,
@@ -36,6 +41,7 @@ from raycl.analysis.plots import (
 )
 from raycl.analysis.tables import (
     DEFAULT_METRIC,
+    INTERVAL_CONFIDENCE,
     SEARCH_PHASES,
     accuracy_matrix,
     arm_labels,
@@ -47,9 +53,12 @@ from raycl.analysis.tables import (
     config_table,
     forgetting_per_experience,
     format_config,
+    format_value,
     higher_is_better,
+    matched_params,
     matrix_split,
     mean_accuracy_matrix,
+    mean_intervals,
     param_columns,
     pareto_front,
     search_trials,
@@ -59,6 +68,7 @@ from raycl.analysis.tables import (
 
 __all__ = [
     "DEFAULT_METRIC",
+    "INTERVAL_CONFIDENCE",
     "KNOWN_ARM_COLORS",
     "SEARCH_PHASES",
     "StudyResults",
@@ -67,6 +77,7 @@ __all__ = [
     "arm_color",
     "arm_colors",
     "arm_labels",
+    "arm_settings",
     "average_accuracy_per_experience",
     "best_trials",
     "chosen_configs",
@@ -76,14 +87,18 @@ __all__ = [
     "config_table",
     "forgetting_per_experience",
     "format_config",
+    "format_value",
     "higher_is_better",
     "infer_log_scale",
     "load_study",
+    "matched_params",
     "matrix_split",
     "mean_accuracy_matrix",
+    "mean_intervals",
     "metric_label",
     "metric_name",
     "param_columns",
+    "param_log_scale",
     "pareto_front",
     "plot_accuracy_matrices",
     "plot_accuracy_matrix",

@@ -25,9 +25,17 @@ Schema version 2 (what :func:`load_study` returns), for readers of the files wit
 * ``selection.parquet``: per arm, the chosen config (``chosen_config`` JSON and ``param_<name>``
   columns), what it was chosen on (``selection_split``, ``selection_metric``,
   ``selection_value``) and the figures to report (``reported_metric``, ``reported_mean``,
-  ``reported_std``, ``reported_n``, measured on the runs of ``reported_phase``). A
-  ``selection_split`` of ``test`` means the configs were chosen on the test data: those figures
-  are optimistic.
+  ``reported_std``, ``reported_n``, measured on the runs of ``reported_phase``), with its
+  confidence interval (``reported_low``, ``reported_high``, computed as ``interval`` says, e.g.
+  ``95% t``) and its ``verdict`` against the best arm and the baseline. A ``selection_split`` of
+  ``test`` means the configs were chosen on the test data: those figures are optimistic.
+* ``comparisons.parquet``: the paired comparisons behind the verdicts: every arm's reported runs
+  against the best arm's and the baseline's over their shared seeds, Holm-corrected (columns
+  ``study`` and :data:`raycl.study.stats.COMPARISON_COLUMNS`).
+* ``study.json``: the resolved study (benchmark, model, optimizer, protocol, seeds, each arm's
+  search space as text and the parameters it searches on a log scale, versions, the study file's
+  hash); the same JSON is in each Parquet file's schema metadata (key ``raycl.study``), which is
+  read when ``study.json`` is absent.
 
 Version 1 tables (no phase, no split, unprefixed metrics measured on the test stream) are upgraded
 on load: see :func:`upgrade_v1`. A newer version than this raycl knows is refused.
@@ -35,9 +43,11 @@ on load: see :func:`upgrade_v1`. A newer version than this raycl knows is refuse
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,6 +56,7 @@ from raycl.study.schema import (
     ACCURACY,
     ARM,
     CHOSEN_CONFIG,
+    COMPARISONS_TABLE,
     EVAL_EXP,
     EXPERIENCE,
     LOSS,
@@ -77,9 +88,15 @@ __all__ = ["KNOWN_VERSIONS", "REQUIRED_COLUMNS", "StudyResults", "concat_studies
            "table_version", "upgrade_v1"]
 
 # TABLES (from the schema): the three trial tables of a study directory, in the order of
-# StudyResults, whose fields are named after them; the selection table comes last.
+# StudyResults, whose fields are named after them; the selection table comes next, then the
+# comparisons table.
 _TRIALS, _MATRIX, _CURVES = TABLES
 _SELECTION = SELECTION_TABLE
+_COMPARISONS = COMPARISONS_TABLE
+#: The DataFrame fields of :class:`StudyResults`, in order.
+_FRAMES: tuple[str, ...] = (_TRIALS, _MATRIX, _CURVES, _SELECTION, _COMPARISONS)
+# What StudyResults unpacks to (the four tables it held before comparisons and settings).
+_UNPACKED: tuple[str, ...] = (_TRIALS, _MATRIX, _CURVES, _SELECTION)
 
 #: The schema versions :func:`load_study` reads (version 1 is upgraded to version 2 on load).
 KNOWN_VERSIONS: tuple[int, ...] = (1, SCHEMA_VERSION)
@@ -90,6 +107,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     _MATRIX: (TRIAL_ID, TRAINED_EXP, EVAL_EXP, ACCURACY),
     _CURVES: (TRIAL_ID, EXPERIENCE),
     _SELECTION: (ARM, SELECTION_SPLIT, CHOSEN_CONFIG),
+    _COMPARISONS: (ARM, "reference", "reference_kind"),
 }
 
 # Columns an empty table gets, so code downstream can select them without special cases.
@@ -101,8 +119,27 @@ _EMPTY_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-class StudyResults(NamedTuple):
-    """The tables of one or several studies, as DataFrames (empty when a file is absent)."""
+def _comparison_columns() -> tuple[str, ...]:
+    # raycl.study.stats imports scipy: only when a comparisons table is needed.
+    from raycl.study.stats import COMPARISON_COLUMNS
+
+    return (STUDY, *COMPARISON_COLUMNS)
+
+
+def _empty_comparisons() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in _comparison_columns()})
+
+
+@dataclass(frozen=True, eq=False)
+class StudyResults:
+    """The tables of one or several studies, as DataFrames (empty when a file is absent), and
+    their settings (``study.json``).
+
+    Unpacks, indexes and iterates as the four tables ``(trials, matrix, curves, selection)``
+    (what it held before ``comparisons`` and the settings were added), so code written as
+    ``trials, matrix, curves, selection = load_study(path)`` keeps working; read the other
+    fields by name.
+    """
 
     trials: pd.DataFrame
     """One row per trial: phase, arm, seed, ``param_<name>`` columns, status, metrics, cost."""
@@ -111,12 +148,36 @@ class StudyResults(NamedTuple):
     curves: pd.DataFrame
     """One row per (trial, experience reported) with every reported metric."""
     selection: pd.DataFrame
-    """One row per arm: the chosen config and the figures to report (``selection.parquet``);
-    empty, with the schema's columns, when the study has none (a version-1 study, or a study
-    that has not chosen yet)."""
+    """One row per arm: the chosen config and the figures to report (``selection.parquet``),
+    with their confidence interval and verdict; empty, with the schema's columns, when the
+    study has none (a version-1 study, or a study that has not chosen yet)."""
+    comparisons: pd.DataFrame = field(default_factory=_empty_comparisons)
+    """``comparisons.parquet``: every arm against the best arm and the baseline, paired over
+    shared seeds and Holm-corrected (columns ``study`` + ``raycl.study.stats.
+    COMPARISON_COLUMNS``); empty, with those columns, when the study has none."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The resolved study (``study.json``, or the Parquet files' ``raycl.study`` metadata):
+    benchmark, model, optimizer, ``selection``, ``seeds``, ``confirm_seeds``, ``arms`` (each
+    with ``space`` as text and ``log_scale``), ``versions``, ``study_file_sha256``... ``{}``
+    when the study has none. With several studies loaded: the first study's; see
+    :attr:`study_settings` for every study's."""
+    study_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Every loaded study's settings by study name (the ``study`` column); a study without
+    ``study.json`` is left out."""
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        return iter(tuple(getattr(self, name) for name in _UNPACKED))
+
+    def __len__(self) -> int:
+        return len(_UNPACKED)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return tuple(self)[index]
 
 
 def _empty(name: str) -> pd.DataFrame:
+    if name == _COMPARISONS:
+        return _empty_comparisons()
     return pd.DataFrame({c: pd.Series(dtype="object") for c in _EMPTY_COLUMNS[name]})
 
 
@@ -124,20 +185,62 @@ def _is_uri(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def _read_table(directory: str, name: str) -> pd.DataFrame | None:
-    """Read ``<directory>/<name>.parquet`` from a local path or a pyarrow URI; None if absent."""
+def _filesystem(directory: str) -> tuple[Any, str]:
+    """The pyarrow filesystem of a local path or URI, and the directory's path in it."""
     import pyarrow.fs
-    import pyarrow.parquet as pq
 
     if _is_uri(directory):
         fs, base = pyarrow.fs.FileSystem.from_uri(directory)
     else:
         fs = pyarrow.fs.LocalFileSystem()
         base = os.path.abspath(directory.removeprefix("file://"))
-    file_path = f"{base.rstrip('/')}/{name}.parquet"
+    return fs, base.rstrip("/")
+
+
+def _read_arrow(directory: str, name: str) -> Any:
+    """``<directory>/<name>.parquet`` as a pyarrow Table (local path or URI); None if absent."""
+    import pyarrow.fs
+    import pyarrow.parquet as pq
+
+    fs, base = _filesystem(directory)
+    file_path = f"{base}/{name}.parquet"
     if fs.get_file_info(file_path).type != pyarrow.fs.FileType.File:
         return None
-    return pq.read_table(file_path, filesystem=fs).to_pandas()
+    return pq.read_table(file_path, filesystem=fs)
+
+
+def _read_table(directory: str, name: str) -> pd.DataFrame | None:
+    """Read ``<directory>/<name>.parquet`` from a local path or a pyarrow URI; None if absent."""
+    table = _read_arrow(directory, name)
+    return None if table is None else table.to_pandas()
+
+
+def _read_settings(directory: str, trials_metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
+    """The study's settings: ``study.json``, else the trials file's ``raycl.study`` metadata,
+    else ``{}``. Raises ValueError when the JSON found is not an object."""
+    import pyarrow.fs
+
+    # raycl.study.settings imports ray.tune's domain classes: only when a study is loaded.
+    from raycl.study.settings import METADATA_KEY, SETTINGS_FILE
+
+    fs, base = _filesystem(directory)
+    path = f"{base}/{SETTINGS_FILE}"
+    source = f"{directory}/{SETTINGS_FILE}"
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.File:
+        with fs.open_input_stream(path) as stream:
+            text = stream.read().decode("utf-8")
+    elif trials_metadata and METADATA_KEY in trials_metadata:
+        text = trials_metadata[METADATA_KEY].decode("utf-8")
+        source = f"{directory}/{_TRIALS}.parquet metadata {METADATA_KEY.decode()!r}"
+    else:
+        return {}
+    try:
+        settings = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{source} is not valid JSON ({error})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{source} must hold a JSON object, got {type(settings).__name__}")
+    return settings
 
 
 def _study_dir(path: str | os.PathLike[str]) -> str:
@@ -228,47 +331,63 @@ def _to_current(frame: pd.DataFrame, name: str, source: str) -> pd.DataFrame:
 
 def _load_one(path: str | os.PathLike[str]) -> StudyResults:
     directory = _study_dir(path)
-    trials = _read_table(directory, _TRIALS)
-    if trials is None:
+    arrow = _read_arrow(directory, _TRIALS)
+    if arrow is None:
         raise FileNotFoundError(f"no {_TRIALS}.parquet in {directory!r}: not a study directory")
+    trials = arrow.to_pandas()
     _check_columns(trials, _TRIALS, directory)
     tables = {_TRIALS: _to_current(trials, _TRIALS, directory)}
-    for name in (_MATRIX, _CURVES, _SELECTION):
+    for name in (_MATRIX, _CURVES, _SELECTION, _COMPARISONS):
         frame = _read_table(directory, name)
         if frame is None:
             frame = _empty(name)
         else:
             _check_columns(frame, name, directory)
-            frame = _to_current(frame, name, directory)
+            if name != _COMPARISONS:  # derived from the selection's runs: no schema_version
+                frame = _to_current(frame, name, directory)
         tables[name] = frame
-    selection = tables[_SELECTION]
-    for column in _EMPTY_COLUMNS[_SELECTION]:  # a partial selection table still has every column
-        if column not in selection.columns:
-            selection[column] = pd.Series(dtype="object", index=selection.index)
+    for name in (_SELECTION, _COMPARISONS):  # a partial table still has every column
+        frame = tables[name]
+        columns = _EMPTY_COLUMNS[name] if name == _SELECTION else _comparison_columns()
+        for column in columns:
+            if column not in frame.columns:
+                frame[column] = pd.Series(dtype="object", index=frame.index)
     # Older or hand-made files may lack the study or seed column; the analysis groups on both.
     study_name = os.path.basename(directory.rstrip("/")) or directory
     for name, frame in tables.items():
         if STUDY not in frame.columns:
             frame.insert(0, STUDY, study_name)
-        elif name == _SELECTION and frame[STUDY].isna().any():
+        elif name in (_SELECTION, _COMPARISONS) and frame[STUDY].isna().any():
             frame[STUDY] = frame[STUDY].fillna(study_name)
-        if SEED not in frame.columns and name != _SELECTION:
+        if SEED not in frame.columns and name in (_TRIALS, _MATRIX, _CURVES):
             frame[SEED] = 0
-    return StudyResults(**{name: tables[name] for name in StudyResults._fields})
+    settings = _read_settings(directory, arrow.schema.metadata)
+    names = tables[_TRIALS][STUDY].dropna().astype(str).unique()
+    # The tables' study name (what arm labels and the other tables use) keys the settings.
+    key = str(names[0]) if len(names) == 1 else str(settings.get("name", study_name))
+    return StudyResults(**tables, settings=settings,
+                        study_settings={key: settings} if settings else {})
 
 
 def concat_studies(results: Iterable[StudyResults]) -> StudyResults:
-    """Concatenate several studies' tables row-wise (columns one lacks become missing values)."""
+    """Concatenate several studies' tables row-wise (columns one lacks become missing values).
+
+    ``settings`` is the first study's; ``study_settings`` holds every study's by name.
+    """
     parts = list(results)
     if not parts:
         raise ValueError("concat_studies needs at least one study")
     if len(parts) == 1:
         return parts[0]
-    return StudyResults(*(
-        pd.concat([getattr(p, name) for p in parts if len(getattr(p, name))] or
-                  [getattr(parts[0], name)], ignore_index=True)
-        for name in StudyResults._fields
-    ))
+    frames = {
+        name: pd.concat([getattr(p, name) for p in parts if len(getattr(p, name))] or
+                        [getattr(parts[0], name)], ignore_index=True)
+        for name in _FRAMES
+    }
+    by_study: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        by_study.update(part.study_settings)
+    return StudyResults(**frames, settings=parts[0].settings, study_settings=by_study)
 
 
 def load_study(path_or_uri: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
@@ -278,13 +397,15 @@ def load_study(path_or_uri: str | os.PathLike[str] | Sequence[str | os.PathLike[
     ``path_or_uri`` is a study directory (``<storage>/<study name>``), one of its
     ``.parquet`` files, a URI pyarrow understands (``s3://bucket/results/ewc_vs_si``), or a list of
     any of these. A local directory without ``trials.parquet`` whose subdirectories are studies
-    (a ``--storage`` root) loads all of them. Missing ``matrix``/``curves``/``selection`` files
-    give empty tables.
+    (a ``--storage`` root) loads all of them. Missing ``matrix``/``curves``/``selection``/
+    ``comparisons`` files give empty tables; a study without ``study.json`` (nor the Parquet
+    metadata copy) gives ``settings == {}``. With several studies, ``settings`` is the first
+    study's and ``study_settings`` maps each study's name to its settings.
 
     Tables of schema version 2 are returned as they are; version 1 tables are upgraded to
     version 2 names (:func:`upgrade_v1`). Raises FileNotFoundError when no study is found, and
     ValueError when a table lacks a column the analysis needs or has a schema version this raycl
-    does not know.
+    does not know, or when ``study.json`` is not a JSON object.
     """
     if isinstance(path_or_uri, (str, os.PathLike)):
         paths: list[str | os.PathLike[str]] = [path_or_uri]

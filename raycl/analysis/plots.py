@@ -15,13 +15,19 @@ and every figure says which split it plots.
   from (:func:`raycl.analysis.tables.best_trials`); without, the best config by
   ``metric``/``mode`` among the search trials. A study that chose on the test data says so in
   the title.
-- Sensitivity and cost plots describe the search: the search-phase trials only.
+- Sensitivity and cost plots describe the search: the search-phase trials only (the cost plot
+  adds each arm's config, as the curves show it).
+- A spread over seeds is always the 95 % Student-t confidence interval of the mean
+  (:func:`raycl.analysis.tables.mean_intervals`, i.e. :func:`raycl.study.stats.interval`), and
+  the title or legend says so ("95% t interval over 3 seeds"); one seed draws no interval.
+- The sensitivity figure has a panel per arm and parameter; its x scale follows the study's
+  declared search spaces (``study.json``) when it has them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +36,7 @@ import pandas as pd
 from raycl.analysis.colors import arm_colors
 from raycl.analysis.tables import (
     DEFAULT_METRIC,
+    INTERVAL_CONFIDENCE,
     _same_config,
     accuracy_matrix,
     arm_labels,
@@ -42,6 +49,7 @@ from raycl.analysis.tables import (
     higher_is_better,
     matrix_split,
     mean_accuracy_matrix,
+    mean_intervals,
     param_columns,
     pareto_front,
     run_keys,
@@ -250,11 +258,6 @@ def _exclusion_note(trials: pd.DataFrame, metric: str) -> str:
     return f"excluded: {' and '.join(parts)}" if parts else ""
 
 
-def _max_seeds(best: pd.DataFrame) -> int:
-    """The largest number of seeds behind one arm's best config (rows of best_trials)."""
-    return int(best.groupby("label").size().max()) if len(best) else 0
-
-
 def _suptitle(fig: Figure, title: str, note: str = "") -> None:
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=12)
 
@@ -372,7 +375,8 @@ def plot_accuracy_matrices(trials: pd.DataFrame, matrix: pd.DataFrame,
     image = None
     for index, ax in enumerate(axes.ravel()):
         if index >= len(labels):
-            ax.set_visible(index > 0 or bool(labels))
+            # Panels past the last arm stay hidden; the first shows "no completed trial".
+            ax.set_visible(index == 0 and not labels)
             if not labels:
                 _empty(ax, "no completed trial")
                 ax.set_visible(True)
@@ -395,6 +399,119 @@ def plot_accuracy_matrices(trials: pd.DataFrame, matrix: pd.DataFrame,
     return fig
 
 
+def _interval_phrase(counts: Iterable[int], what: str) -> str:
+    """How a figure's spread is computed, for its title and legend: ``band: 95% t interval over
+    3 seeds``; ``counts`` are the seeds behind each drawn mean."""
+    present = [int(n) for n in counts if int(n) > 0]
+    if not present or max(present) < 2:
+        return "one seed per arm: no interval shown"
+    low, high = min(present), max(present)
+    seeds = f"{high} seeds" if low == high else f"{low}–{high} seeds"
+    text = f"{what}: {INTERVAL_CONFIDENCE:.0%} t interval over {seeds}"
+    return text + ("; none where there is one seed" if low < 2 else "")
+
+
+def _errors(stats: pd.DataFrame) -> np.ndarray | None:
+    """Error bar lengths (2 x N: below, above the mean) of :func:`mean_intervals` rows; None
+    when no row has an interval (one seed each)."""
+    if stats["low"].isna().all():
+        return None
+    return np.vstack([(stats["mean"] - stats["low"]).to_numpy(dtype=float),
+                      (stats["high"] - stats["mean"]).to_numpy(dtype=float)])
+
+
+def _settings_by_study(settings: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    """``settings`` as study name -> settings: one study's settings (a dict with ``arms``, what
+    ``StudyResults.settings`` holds) or already such a mapping (``StudyResults.study_settings``)."""
+    if not settings:
+        return {}
+    if "arms" in settings:
+        return {str(settings.get("name", "")): settings}
+    return {str(k): v for k, v in settings.items() if isinstance(v, Mapping)}
+
+
+def arm_settings(trials: pd.DataFrame, settings: Mapping[str, Any] | None
+                 ) -> dict[str, Mapping[str, Any]]:
+    """Each arm label's entry of ``study.json``'s ``arms`` (its ``space`` as text and its
+    ``log_scale`` parameters), for the studies in ``trials``.
+
+    ``settings`` is one study's settings (``StudyResults.settings``) or a mapping study name ->
+    settings (``StudyResults.study_settings``). With one study in ``trials``, settings under
+    another name still apply when they are the only ones given.
+    """
+    by_study = _settings_by_study(settings)
+    if not by_study:
+        return {}
+    studies = (list(pd.unique(trials[STUDY].dropna().astype(str)))
+               if STUDY in trials.columns else [])
+    multi = len(studies) > 1
+    if not multi:
+        if studies and studies[0] in by_study:
+            by_study = {studies[0]: by_study[studies[0]]}
+        elif len(by_study) != 1:
+            return {}
+    result: dict[str, Mapping[str, Any]] = {}
+    for study, values in by_study.items():
+        for arm in values.get("arms") or []:
+            if isinstance(arm, Mapping) and "name" in arm:
+                label = f"{study}:{arm['name']}" if multi else str(arm["name"])
+                result.setdefault(label, arm)
+    return result
+
+
+# How raycl.study.settings.space_text writes a search domain (anything else is a constant).
+_DOMAIN_PREFIXES = ("uniform(", "loguniform(", "randn(", "randint(", "lograndint(", "choice(",
+                    "grid_search(")
+# Domains whose scale the study declares linear: sampled uniformly (or normally) in value.
+_LINEAR_PREFIXES = ("uniform(", "randn(", "randint(")
+
+
+def param_log_scale(name: str, values: Iterable[Any],
+                    arm: Mapping[str, Any] | None = None) -> bool:
+    """Whether an arm's parameter ``name`` is drawn on a log axis.
+
+    With the arm's ``study.json`` entry (``arm``, see :func:`arm_settings`) the study decides:
+    a parameter in its ``log_scale`` list (searched ``loguniform``/``lograndint``) is log
+    whatever its values span, one searched ``uniform``/``randn``/``randint`` is linear even
+    across decades. A ``choice``/``grid_search`` declares no scale, and without ``study.json``
+    nothing does: then :func:`infer_log_scale` judges from the values.
+    """
+    array = pd.Series(list(values))
+    numeric = not array.empty and pd.api.types.is_numeric_dtype(array) \
+        and not pd.api.types.is_bool_dtype(array)
+    if arm is not None:
+        if name in (arm.get("log_scale") or ()):
+            return bool(numeric) and bool((array.dropna() > 0).all())
+        if str((arm.get("space") or {}).get(name, "")).startswith(_LINEAR_PREFIXES):
+            return False
+    return infer_log_scale(array)
+
+
+def _searched_columns(rows: pd.DataFrame, arm: Mapping[str, Any] | None,
+                      wanted: Sequence[str] | None) -> list[str]:
+    """The ``param_<name>`` columns an arm gets a sensitivity panel for: those ``wanted`` it
+    sets, else those its ``study.json`` space declares a domain for and those that vary over
+    its trials (a parameter it holds constant, e.g. its memory size, says nothing here)."""
+    if wanted:
+        return [c for c in wanted if c in rows.columns and rows[c].notna().any()]
+    declared = {param_column(k) for k, v in ((arm or {}).get("space") or {}).items()
+                if str(v).startswith(_DOMAIN_PREFIXES)}
+    varied = {c for c in param_columns(rows) if rows[c].dropna().astype(str).nunique() > 1}
+    return sorted(declared | varied, key=param_name)
+
+
+def _log_axis(ax: Axes) -> None:
+    ax.set_xscale("log")
+    # Under a few decades matplotlib labels every minor tick in 2x10^-1 style, and the labels
+    # overlap: label 1-2-5 ticks in plain numbers instead.
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(plain)
+    ax.xaxis.set_major_formatter(plain)
+
+
 def plot_avg_accuracy_curves(trials: pd.DataFrame, matrix: pd.DataFrame,
                              metric: str = DEFAULT_METRIC, mode: str = "max",
                              ax: Axes | None = None, split: str = TEST,
@@ -403,8 +520,11 @@ def plot_avg_accuracy_curves(trials: pd.DataFrame, matrix: pd.DataFrame,
     per arm.
 
     One line per arm (its chosen config, or best without ``selection``): the mean over seeds,
-    with a band of ±1 standard deviation when there are several seeds.
+    with a band for the 95 % Student-t confidence interval of that mean
+    (:func:`raycl.analysis.tables.mean_intervals`) where there are several seeds.
     """
+    from matplotlib.patches import Patch
+
     word = _split_word(split)
     best = best_trials(trials, metric, mode, selection=selection)
     curves = average_accuracy_per_experience(select_runs(matrix_split(matrix, split), best),
@@ -412,32 +532,36 @@ def plot_avg_accuracy_curves(trials: pd.DataFrame, matrix: pd.DataFrame,
     fig, ax = _figure_and_axes(ax, 7.5, 4.8)
     colors = _colors_for(trials)
     percent = accuracy_is_percent(curves[AVG_ACCURACY]) if len(curves) else False
+    counts = []
     for label in _ordered_labels(trials, metric, mode, selection):
         rows = curves[curves["label"] == label]
         if rows.empty:
             continue
-        stats = rows.groupby(TRAINED_EXP)[AVG_ACCURACY].agg(["mean", "std", "count"])
-        n_seeds = int(stats["count"].max())
+        stats = mean_intervals(rows, TRAINED_EXP, AVG_ACCURACY)
+        n_seeds = int(stats["n"].max())
+        counts.append(n_seeds)
         x = stats.index.to_numpy()
         ax.plot(x, stats["mean"], marker="o", color=colors[label], linewidth=2,
                 label=f"{label} ({n_seeds} seed{'s' * (n_seeds > 1)})")
-        if n_seeds > 1:
-            spread = stats["std"].fillna(0.0)
-            ax.fill_between(x, stats["mean"] - spread, stats["mean"] + spread,
-                            color=colors[label], alpha=0.2, linewidth=0)
+        if stats["low"].notna().any():
+            ax.fill_between(x, stats["low"], stats["high"], color=colors[label], alpha=0.15,
+                            linewidth=0)
+    spread = _interval_phrase(counts, "band")
     if curves.empty:
         _empty(ax, f"no completed trial with a {word} accuracy matrix")
     else:
         _integer_ticks(ax, sorted(curves[TRAINED_EXP].unique()))
         ax.set_ylim(0, 105 if percent else 1.05)
-        ax.legend(title=_legend_title(selection), loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  fontsize=9)
+        handles, labels = ax.get_legend_handles_labels()
+        if max(counts, default=0) > 1:
+            handles.append(Patch(facecolor="0.5", alpha=0.3, linewidth=0))
+            labels.append(spread)
+        ax.legend(handles, labels, title=_legend_title(selection), loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), fontsize=9)
         ax.grid(alpha=0.3)
     ax.set_xlabel("last trained experience")
     ax.set_ylabel(f"{word} average accuracy on seen experiences ({'%' if percent else '0–1'})")
     note = _exclusion_note(trials, metric)
-    spread = ("band: ±1 std over seeds" if _max_seeds(best) > 1
-              else "one seed per arm: no spread shown")
     ax.set_title(f"Average {word} accuracy after each experience\n"
                  f"{_config_phrase(selection, metric, mode)}\n{spread}"
                  + (f"\n{note}" if note else ""), fontsize=11)
@@ -453,9 +577,12 @@ def plot_forgetting(trials: pd.DataFrame, matrix: pd.DataFrame,
 
     Forgetting of experience j: its best accuracy after learning it minus its final accuracy. Bars
     show the mean over the seeds of the arm's config (chosen, or best without ``selection``),
-    error bars ±1 std; the last group is the mean over experiences (the trial's average
-    forgetting).
+    error bars the 95 % Student-t confidence interval of that mean
+    (:func:`raycl.analysis.tables.mean_intervals`); the last group is the mean over experiences
+    (the trial's average forgetting).
     """
+    from matplotlib.lines import Line2D
+
     word = _split_word(split)
     matrix = matrix_split(matrix, split)
     best = best_trials(trials, metric, mode, selection=selection)
@@ -464,6 +591,7 @@ def plot_forgetting(trials: pd.DataFrame, matrix: pd.DataFrame,
     colors = _colors_for(trials)
     labels = [lab for lab in _ordered_labels(trials, metric, mode, selection)
               if lab in set(table.get("label", pd.Series(dtype=str)))]
+    counts: list[int] = []
     if table.empty or not labels:
         _empty(ax, "no forgetting to show (fewer than two experiences?)")
     else:
@@ -475,29 +603,33 @@ def plot_forgetting(trials: pd.DataFrame, matrix: pd.DataFrame,
         groups = [str(e) for e in sorted(table[EVAL_EXP].unique())] + ["mean"]
         width = 0.8 / len(labels)
         for k, label in enumerate(labels):
-            stats = (full[full["label"] == label].groupby(EVAL_EXP)["forgetting"]
-                     .agg(["mean", "std"]).reindex(groups))
+            stats = mean_intervals(full[full["label"] == label], EVAL_EXP,
+                                   "forgetting").reindex(groups)
+            counts.append(int(stats["n"].max()))
             positions = np.arange(len(groups)) - 0.4 + width * (k + 0.5)
-            # One seed has no spread: no error bar rather than a misleading zero-length one.
-            spread = stats["std"] if stats["std"].notna().any() else None
+            # One seed has no interval: no error bar rather than a misleading zero-length one.
             ax.bar(positions, stats["mean"], width=width * 0.95, color=colors[label],
-                   yerr=spread, capsize=2, label=label,
+                   yerr=_errors(stats), capsize=2, label=label,
                    error_kw={"elinewidth": 0.8, "alpha": 0.7})
         ax.set_xticks(range(len(groups)), groups)
         ax.axvline(len(groups) - 1.5, color="0.6", linewidth=0.8, linestyle=":")
         ax.axhline(0.0, color="black", linewidth=0.8)
+        handles, names = ax.get_legend_handles_labels()
+        if max(counts) > 1:
+            handles.append(Line2D([], [], color="0.3", marker="|", markersize=12,
+                                  linestyle="none"))
+            names.append(_interval_phrase(counts, "error bars"))
         # Outside the axes: tall bars would hide behind a legend anywhere inside.
-        ax.legend(title=_legend_title(selection), fontsize=9, loc="upper left",
-                  bbox_to_anchor=(1.01, 1.0))
+        ax.legend(handles, names, title=_legend_title(selection), fontsize=9,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(axis="y", alpha=0.3)
     ax.set_xlabel("experience (forgetting measured after the last one)")
     unit = _unit(matrix[ACCURACY]) if len(matrix) else "0–1"
     ax.set_ylabel(f"{word} forgetting: best past − final accuracy ({unit})")
     note = _exclusion_note(trials, metric)
-    spread = ("error bars: ±1 std over seeds" if _max_seeds(best) > 1
-              else "one seed per arm: no spread shown")
     ax.set_title(f"Forgetting per experience at the end of training ({word} split)\n"
-                 f"{_config_phrase(selection, metric, mode)}\n{spread}"
+                 f"{_config_phrase(selection, metric, mode)}\n"
+                 f"{_interval_phrase(counts, 'error bars')}"
                  + (f"\n{note}" if note else ""), fontsize=11)
     return fig
 
@@ -529,43 +661,67 @@ def _stars(trials: pd.DataFrame, search: pd.DataFrame, configs: pd.DataFrame, me
 
 def plot_sensitivity(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
                      mode: str = "max", params: Sequence[str] | None = None,
-                     selection: pd.DataFrame | None = None) -> Figure:
-    """The metric of the search trials against each searched parameter, one panel per
-    parameter, arms by colour.
+                     selection: pd.DataFrame | None = None,
+                     settings: Mapping[str, Any] | None = None) -> Figure:
+    """The metric of the search trials against each searched parameter: one panel per arm and
+    parameter it searches (arms that share a parameter name are not pooled), in the arms' colours,
+    the y axis shared so that panels compare.
 
     Only search-phase trials are drawn (the figure describes the search); ``metric`` defaults to
     the test split's final average accuracy and the axis names the split. Faint dots are single
-    trials; large markers are configs (mean over seeds, ±1 std); a star marks each arm's config:
-    the one the study chose (``selection``), else the best by ``metric``. Arms that search nothing
-    (a naive baseline) appear as a dashed line at their mean. The x-axis is logarithmic where
-    :func:`infer_log_scale` says so.
+    trials; large markers are configs: the mean over seeds with its 95 % Student-t confidence
+    interval (:func:`raycl.analysis.tables.mean_intervals`); a star marks each arm's config: the
+    one the study chose (``selection``), else the best by ``metric``. Arms that search nothing
+    (a naive baseline) appear in every panel as a dashed line at their mean.
+
+    An arm's panels are its parameters that ``study.json`` declares searched and those that vary
+    over its trials (``params`` picks parameter names instead). ``settings`` (one study's
+    ``StudyResults.settings`` or the ``StudyResults.study_settings`` mapping) decides the x
+    scale: log for a parameter in the arm's ``log_scale``, linear for one searched uniformly;
+    without it (or for a ``choice``/``grid_search``) :func:`infer_log_scale` judges from the
+    values (see :func:`param_log_scale`).
     """
     trials = trials.reset_index(drop=True)
     search = search_trials(trials)
+    search_labels = arm_labels(trials).loc[search.index]
     done = completed_per_phase(search, metric).copy()
     done["label"] = arm_labels(trials).loc[done.index]
-    columns = [c if is_param_column(c) else param_column(c) for c in params] if params \
-        else param_columns(done)
+    wanted = [c if is_param_column(c) else param_column(c) for c in params] if params else None
     colors = _colors_for(trials)
     order = _ordered_labels(trials, metric, mode, selection)
     configs = config_table(search, metric)
     configs["label"] = _labels_like(trials, configs)
     stars = _stars(trials, search, configs, metric, mode, selection)
-    ncols = min(max(len(columns), 1), 3)
-    nrows = max(math.ceil(len(columns) / ncols), 1)
-    fig = _new_figure(4.6 * ncols + 0.4, 3.8 * nrows + 1.2)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    spaces = arm_settings(trials, settings)
+    panels: list[tuple[str, str]] = []
+    for label in order:
+        rows = search[search_labels == label]
+        panels += [(label, c) for c in _searched_columns(rows, spaces.get(label), wanted)]
+    with_panels = {label for label, _ in panels}
+    # Baselines: arms with results that search none of the parameters drawn.
+    baselines = [lab for lab in order if lab in set(done["label"]) and lab not in with_panels]
+    ncols = min(max(len(panels), 1), 3)
+    nrows = max(math.ceil(len(panels) / ncols), 1)
+    fig = _new_figure(4.6 * ncols + 0.4, 3.8 * nrows + 1.3)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     values = done[metric]
     handles: dict[str, Any] = {}
-    # Baselines: arms that set none of the searched parameters.
-    baselines = [lab for lab in order if lab in set(done["label"]) and not any(
-        done.loc[done["label"] == lab, c].notna().any() for c in param_columns(done))]
-    for ax, column in zip(axes, columns, strict=False):
+    counts: list[int] = []
+    logs: list[bool] = []
+    for index, (ax, (label, column)) in enumerate(zip(axes.ravel(), panels, strict=False)):
         name = param_name(column)
-        present = done[done[column].notna()] if column in done.columns else done.iloc[:0]
+        color = colors[label]
+        ax.set_title(f"{label}: {name}")
+        if index % ncols == 0:
+            ax.set_ylabel(metric_label(metric, values))
+        present = done[(done["label"] == label) & done[column].notna()]
+        for baseline in baselines:
+            mean = done.loc[done["label"] == baseline, metric].mean()
+            line = ax.axhline(mean, color=colors[baseline], linestyle="--", linewidth=1.5)
+            handles.setdefault(f"{baseline} (searches nothing: mean)", line)
         if present.empty:
             _empty(ax, f"{name}: no completed trial")
-            ax.set_title(name)
+            ax.set_xlabel(name)
             continue
         categorical = _is_categorical(present[column])
         categories = sorted(present[column].astype(str).unique()) if categorical else []
@@ -576,52 +732,33 @@ def plot_sensitivity(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
             if position:
                 return series.astype(str).map(position).to_numpy(dtype=float)
             return series.to_numpy(dtype=float)
-        for label in order:
-            rows = present[present["label"] == label]
-            if rows.empty:
-                continue
-            color = colors[label]
-            jitter = 0.0
-            if categorical:  # spread arms sideways so they do not hide each other
-                jitter = 0.12 * (order.index(label) - (len(order) - 1) / 2)
-            ax.scatter(to_x(rows[column]) + jitter, rows[metric], s=14, color=color, alpha=0.35,
-                       linewidths=0)
-            arm_configs = configs[(configs["label"] == label) & configs[column].notna()] \
-                if column in configs.columns else configs.iloc[:0]
-            handle = ax.errorbar(to_x(arm_configs[column]) + jitter, arm_configs["mean"],
-                                 yerr=arm_configs["std"].fillna(0.0), fmt="o", color=color,
-                                 markersize=6, capsize=2, elinewidth=0.8, label=label)
-            handles.setdefault(label, handle)
-            best, best_y = stars.get(label, ({}, math.nan))
-            if name in best:
-                best_x = to_x(pd.Series([best[name]]))[0] + jitter
-                ax.scatter([best_x], [best_y], marker="*", s=220, color=color,
-                           edgecolors="black", linewidths=0.8, zorder=5)
-        for label in baselines:
-            mean = done.loc[done["label"] == label, metric].mean()
-            line = ax.axhline(mean, color=colors[label], linestyle="--", linewidth=1.5)
-            handles.setdefault(f"{label} (no parameters)", line)
+        ax.scatter(to_x(present[column]), present[metric], s=14, color=color, alpha=0.35,
+                   linewidths=0)
+        # The arm's configs: every searched parameter, not only this panel's, tells them apart.
+        by = [c for c in param_columns(present) if c != column] + [column]
+        stats = mean_intervals(present, by, metric).reset_index()
+        counts += stats["n"].tolist()
+        handle = ax.errorbar(to_x(stats[column]), stats["mean"], yerr=_errors(stats),
+                             fmt="o", color=color, markersize=6, capsize=2, elinewidth=0.8,
+                             label=label)
+        handles.setdefault(label, handle)
+        best, best_y = stars.get(label, ({}, math.nan))
+        if name in best:
+            best_x = to_x(pd.Series([best[name]]))[0]
+            ax.scatter([best_x], [best_y], marker="*", s=220, color=color,
+                       edgecolors="black", linewidths=0.8, zorder=5)
         if categorical:
             ax.set_xticks(range(len(categories)), categories)
-        elif infer_log_scale(present[column]):
-            ax.set_xscale("log")
-            # Under a few decades matplotlib labels every minor tick in 2x10^-1 style, and the
-            # labels overlap: label 1-2-5 ticks in plain numbers instead.
-            from matplotlib.ticker import FuncFormatter, LogLocator
-
-            plain = FuncFormatter(lambda v, _pos: f"{v:g}")
-            ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-            ax.xaxis.set_minor_formatter(plain)
-            ax.xaxis.set_major_formatter(plain)
+        elif param_log_scale(name, present[column], spaces.get(label)):
+            _log_axis(ax)
+        logs.append(ax.get_xscale() == "log")
         ax.set_xlabel(name + (" (log scale)" if ax.get_xscale() == "log" else ""))
-        ax.set_ylabel(metric_label(metric, values))
-        ax.set_title(name)
         ax.grid(alpha=0.3)
-    for ax in axes[len(columns):]:
+    for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
-    if not columns:
-        axes[0].set_visible(True)
-        _empty(axes[0], "no searched parameter in this study")
+    if not panels:
+        axes[0, 0].set_visible(True)
+        _empty(axes[0, 0], "no searched parameter in this study")
     if handles:
         from matplotlib.lines import Line2D
 
@@ -633,40 +770,51 @@ def plot_sensitivity(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
             [], [], marker="*", markersize=13, linestyle="none", markerfacecolor="white",
             markeredgecolor="black")
         fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-                   ncols=min(len(handles), 6), fontsize=9)
+                   ncols=min(len(handles), 5), fontsize=9)
+    notes = ["dots: trials; circles: configs, mean over seeds"
+             + ("" if max(counts, default=0) < 2 else
+                f" with {_interval_phrase(counts, 'bars')[len('bars: '):]}")]
+    if any(logs):
+        notes.append("log x-axis: " + ("searched on a log scale (study.json)" if spaces
+                                       else "values spanning decades (no study.json)"))
+    if note := _exclusion_note(search, metric):
+        notes.append(note)
     _suptitle(fig, f"Sensitivity of {metric_name(metric)} ({metric}) to each searched "
-              "parameter, search trials",
-              ("dots: trials; circles: configs (mean ± std over seeds)"
-               if len(configs) and configs["n_seeds"].max() > 1
-               else "one point per config (one seed each)")
-              + (f"; {note}" if (note := _exclusion_note(search, metric)) else ""))
+              "parameter, per arm (search trials)", "; ".join(notes))
     return fig
 
 
 def plot_cost(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
-              mode: str = "max") -> Figure:
+              mode: str = "max", selection: pd.DataFrame | None = None) -> Figure:
     """The metric against training time and against peak memory, Pareto front marked.
 
     One dot per completed search-phase trial (the figure describes the search), coloured by arm;
     ``metric`` defaults to the test split's final average accuracy and the axis names the split.
     Outlined dots joined by a black step line are the Pareto front: no other trial is both
-    cheaper and at least as good. A cost the study did not record (e.g. ``peak_memory_mb`` on
-    CPU) gets no panel; the subtitle says so.
+    cheaper and at least as good. A diamond per arm is its config (chosen, with ``selection``:
+    on the runs of its reported figures; else the best search config): the mean cost and metric
+    over its seeds, each with its 95 % Student-t confidence interval
+    (:func:`raycl.analysis.tables.mean_intervals`). A cost the study did not record (e.g.
+    ``peak_memory_mb`` on CPU) gets no panel; the subtitle says so.
     """
+    from matplotlib.lines import Line2D
+
     trials = trials.reset_index(drop=True)
     search = search_trials(trials)
     done = completed_per_phase(search, metric).copy()
     done["label"] = arm_labels(trials).loc[done.index]
+    best = best_trials(trials, metric, mode, selection=selection)
     colors = _colors_for(trials)
-    order = _ordered_labels(trials, metric, mode)
+    order = _ordered_labels(trials, metric, mode, selection)
     recorded = {c: lab for c, lab in _COST_COLUMNS.items()
                 if c in done.columns and done[c].notna().any()}
     missing = [lab for c, lab in _COST_COLUMNS.items() if c not in recorded]
-    fig = _new_figure(5.6 * max(len(recorded), 1) + 0.4, 4.9)
+    fig = _new_figure(5.6 * max(len(recorded), 1) + 0.4, 5.1)
     axes = fig.subplots(1, max(len(recorded), 1), squeeze=False).ravel()
     if not recorded:
         _empty(axes[0], "no cost column recorded by this study")
     handles: dict[str, Any] = {}
+    counts: list[int] = []
     for ax, (cost, cost_label) in zip(axes, recorded.items(), strict=False):
         points = done[done[cost].notna()]
         for label in order:
@@ -682,6 +830,16 @@ def plot_cost(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
         ax.scatter(front[cost], front[metric], s=70, facecolors="none", edgecolors="black",
                    linewidths=1.4, zorder=4)
         handles.setdefault("Pareto front", line)
+        runs = best[best[cost].notna()] if cost in best.columns else best.iloc[:0]
+        if len(runs):
+            ys = mean_intervals(runs, "label", metric)
+            xs = mean_intervals(runs, "label", cost).reindex(ys.index)
+            counts += ys["n"].tolist()
+            for label in [lab for lab in order if lab in ys.index]:
+                ax.errorbar(xs.loc[[label], "mean"], ys.loc[[label], "mean"],
+                            xerr=_errors(xs.loc[[label]]), yerr=_errors(ys.loc[[label]]),
+                            fmt="D", markersize=8, color=colors[label],
+                            markeredgecolor="black", elinewidth=1.0, capsize=3, zorder=6)
         if infer_log_scale(points[cost]) and points[cost].max() / points[cost].min() > 100:
             ax.set_xscale("log")
         ax.set_xlabel(cost_label)
@@ -690,8 +848,15 @@ def plot_cost(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
         ax.grid(alpha=0.3)
     if handles:
         handles = _in_order(handles, order)
+        if counts:
+            config = "chosen" if _has_rows(selection) else "best"
+            handles[f"each arm's {config} config: mean, "
+                    + (_interval_phrase(counts, "bars")[len("bars: "):]
+                       if max(counts) > 1 else "one seed")] = Line2D(
+                [], [], marker="D", markersize=7, linestyle="none", markerfacecolor="white",
+                markeredgecolor="black")
         fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-                   ncols=min(len(handles), 6), fontsize=9)
+                   ncols=min(len(handles), 4), fontsize=9)
     direction = "higher" if mode == "max" else "lower"
     notes = [f"{lab} not recorded by this study" for lab in missing]
     if note := _exclusion_note(search, metric):
@@ -703,10 +868,12 @@ def plot_cost(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
 
 def study_figures(trials: pd.DataFrame, matrix: pd.DataFrame,
                   metric: str = DEFAULT_METRIC, mode: str = "max", split: str = TEST,
-                  selection: pd.DataFrame | None = None) -> dict[str, Figure]:
+                  selection: pd.DataFrame | None = None,
+                  settings: Mapping[str, Any] | None = None) -> dict[str, Figure]:
     """Every figure of the report, by file stem: accuracy_matrices, avg_accuracy, forgetting
-    (on ``split``, each arm's config chosen in ``selection`` when given), sensitivity and cost
-    (the search trials)."""
+    (on ``split``, each arm's config chosen in ``selection`` when given), sensitivity (x scales
+    from ``settings``: ``StudyResults.settings`` or ``StudyResults.study_settings``) and cost
+    (the search trials, with each arm's config)."""
     return {
         "accuracy_matrices": plot_accuracy_matrices(trials, matrix, metric, mode, split=split,
                                                     selection=selection),
@@ -714,8 +881,7 @@ def study_figures(trials: pd.DataFrame, matrix: pd.DataFrame,
                                                  selection=selection),
         "forgetting": plot_forgetting(trials, matrix, metric, mode, split=split,
                                       selection=selection),
-        "sensitivity": plot_sensitivity(trials, metric, mode, selection=selection),
-        "cost": plot_cost(trials, metric, mode),
+        "sensitivity": plot_sensitivity(trials, metric, mode, selection=selection,
+                                        settings=settings),
+        "cost": plot_cost(trials, metric, mode, selection=selection),
     }
-
-

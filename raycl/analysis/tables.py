@@ -13,6 +13,8 @@ Conventions shared by every function here:
   ``selection``): chosen on the validation split, so the test figures shown for it are not the
   ones it was chosen on. Without a selection table it is the best config by ``metric`` among the
   search-phase trials.
+- A spread over seeds is a confidence interval of the mean (:func:`mean_intervals`: the
+  Student-t interval of :func:`raycl.study.stats.interval`), never ±1 std.
 """
 
 from __future__ import annotations
@@ -59,13 +61,13 @@ from raycl.study.selection import (
     require_columns,
 )
 
-__all__ = ["DEFAULT_METRIC", "SEARCH_PHASES", "accuracy_matrix", "arm_labels",
-           "average_accuracy_per_experience", "best_trials", "chosen_configs",
+__all__ = ["DEFAULT_METRIC", "INTERVAL_CONFIDENCE", "SEARCH_PHASES", "accuracy_matrix",
+           "arm_labels", "average_accuracy_per_experience", "best_trials", "chosen_configs",
            "completed_per_phase", "completed_trials", "config_table",
            "forgetting_per_experience", "format_config", "format_value", "higher_is_better",
-           "matrix_split",
-           "mean_accuracy_matrix", "param_columns", "pareto_front", "run_keys",
-           "search_trials", "select_runs", "summary"]
+           "matched_params", "matrix_split", "mean_accuracy_matrix", "mean_intervals",
+           "param_columns", "pareto_front", "run_keys", "search_trials", "select_runs",
+           "summary"]
 
 #: The metric figures and tables rank and show by default: final average accuracy on the test
 #: split.
@@ -73,6 +75,9 @@ DEFAULT_METRIC = split_column(TEST, FINAL_AVG_ACCURACY)
 #: The phases whose trials are a study's search (configs tried, one per point of the space):
 #: ``search``, and ``tune`` of the two-phase protocols.
 SEARCH_PHASES: tuple[str, ...] = (SEARCH, TUNE)
+
+#: The confidence of the intervals the figures draw (Student-t over seeds).
+INTERVAL_CONFIDENCE = 0.95
 
 _KEY_CANDIDATES = (STUDY, TRIAL_ID, TRIAL_KEY, PHASE, SEED)
 
@@ -386,3 +391,63 @@ def pareto_front(frame: pd.DataFrame, cost: str, metric: str = DEFAULT_METRIC,
             result.loc[group.index[group == top]] = True
             best_so_far = top
     return result
+
+
+def mean_intervals(frame: pd.DataFrame, by: str | list[str], column: str,
+                   confidence: float = INTERVAL_CONFIDENCE) -> pd.DataFrame:
+    """Per group of ``by``: the mean of ``column`` over the group's rows (one per seed) and its
+    Student-t confidence interval, as :func:`raycl.study.stats.interval` computes it.
+
+    Returns one row per group (sorted by ``by``, missing keys kept), indexed by ``by``, with
+    columns ``n`` (non-missing values), ``mean``, ``std`` (sample, ``ddof=1``), ``low`` and
+    ``high`` (NaN when ``n < 2``: one seed says nothing about its spread).
+    """
+    # scipy (behind raycl.study.stats) is imported when an interval is computed.
+    from raycl.study.stats import interval
+
+    keys = [by] if isinstance(by, str) else list(by)
+    require_columns(frame, [*keys, column], "frame")
+    rows = []
+    index = []
+    for key, values in frame.groupby(keys, sort=True, dropna=False)[column]:
+        ci = interval(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float),
+                      confidence, "t")
+        index.append(key[0] if len(keys) == 1 else key)
+        rows.append({"n": ci.n, "mean": ci.mean, "std": ci.std, "low": ci.low,
+                     "high": ci.high})
+    if len(keys) == 1:
+        result_index = pd.Index(index, name=keys[0])
+    elif index:
+        result_index = pd.MultiIndex.from_tuples(index, names=keys)
+    else:
+        result_index = pd.MultiIndex.from_arrays([[] for _ in keys], names=keys)
+    result = pd.DataFrame(rows, index=result_index,
+                          columns=["n", "mean", "std", "low", "high"])
+    return result.astype({"n": int, "mean": float, "std": float, "low": float,
+                          "high": float})
+
+
+def matched_params(trials: pd.DataFrame, max_values: int = 8) -> list[str]:
+    """The ``param_<name>`` columns that set arms side by side: each arm that has the parameter
+    holds it constant (one value over all its trials), at least two arms have it, and it takes
+    between 2 and ``max_values`` distinct values across arms.
+
+    Such a parameter is part of what an arm *is* rather than what it searches, e.g. the memory
+    of ``gem_m16``/``agem_m16``/``gem_m32``...: arms with the same value compare at a matched
+    budget. Arms are told apart by study too when several are mixed.
+    """
+    if ARM not in trials.columns or trials.empty:
+        return []
+    with_study = STUDY in trials.columns and trials[STUDY].nunique(dropna=True) > 1
+    keys = _arm_keys(trials, with_study)
+    found = []
+    for column in param_columns(trials):
+        values = trials[column]
+        present = values.notna()
+        per_arm = values[present].astype(str).groupby(keys[present]).nunique()
+        if len(per_arm) < 2 or (per_arm != 1).any():
+            continue
+        distinct = values[present].astype(str).nunique()
+        if 2 <= distinct <= max_values:
+            found.append(column)
+    return found

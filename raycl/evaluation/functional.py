@@ -78,9 +78,12 @@ def average_accuracy(R: Matrix, after: int | None = None, seen_only: bool = Fals
 def forgetting(R: Matrix, after: int | None = None, initial: bool = False) -> list[float]:
     """Forgetting of each experience ``j < k`` after training on ``k = after`` (default last).
 
-    Chaudhry et al. 2018, Sec. 4: ``f_j^k = max_{l < k} R[l][j] - R[k][j]``, the drop from the
-    best accuracy ever measured on ``j`` before the current model (rows where ``R[l][j]`` is
-    ``NaN`` are skipped). With ``initial=True``, the reference library's variant
+    Chaudhry et al. 2018 ("Riemannian Walk", Sec. 4): ``f_j^k = max_{j <= l < k} R[l][j] -
+    R[k][j]``, the drop from the best accuracy measured on ``j`` after it was learned and before
+    the current model (rows where ``R[l][j]`` is ``NaN`` are skipped; rows before ``j`` was
+    learned are not part of the definition: in a domain-incremental stream they can be high by
+    transfer, and would count as forgetting what was never learned). With ``initial=True``,
+    the reference library's variant
     ``R[j][j] - R[k][j]``: the drop from the accuracy right after learning ``j``.
     Returns ``k`` values (index ``j``), ``NaN`` where undefined.
     """
@@ -91,7 +94,7 @@ def forgetting(R: Matrix, after: int | None = None, initial: bool = False) -> li
         if initial:
             ref = m[j, j]
         else:
-            previous = m[:k, j]
+            previous = m[j:k, j]
             previous = previous[~np.isnan(previous)]
             ref = previous.max() if previous.size else math.nan
         out.append(float(ref - m[k, j]))

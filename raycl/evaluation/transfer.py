@@ -127,7 +127,8 @@ class ForgettingMetric(_MatrixMetric):
 
     ``reference="initial"`` (default, Avalanche's): ``R[j][j] - R[k][j]``, the accuracy right
     after training on ``j`` minus the current one; emitted only when ``R[j][j]`` was measured.
-    ``reference="best"`` (Chaudhry et al. 2018): ``max_{0 <= l < k} R[l][j] - R[k][j]``.
+    ``reference="best"`` (Chaudhry et al. 2018): ``max_{j <= l < k} R[l][j] - R[k][j]``, the
+    best accuracy after ``j`` was learned (as ``raycl.evaluation.functional.forgetting``).
     """
 
     EXP_NAME: ClassVar[str] = "ExperienceForgetting"
@@ -145,7 +146,7 @@ class ForgettingMetric(_MatrixMetric):
         if self.reference == "initial":
             ref = rows.get(j, {}).get(j)
         else:
-            seen = [rows[r][j] for r in rows if 0 <= r < k and j in rows[r]]
+            seen = [rows[r][j] for r in rows if j <= r < k and j in rows[r]]
             ref = max(seen) if seen else None
         if ref is None:
             return None, None

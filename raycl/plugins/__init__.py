@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from raycl.plugins.base import HOOKS, Strategy, StrategyPlugin
+from raycl.plugins.base import HOOKS, Strategy, StrategyPlugin, plugin_spec
 
 # public name -> module under raycl.plugins that defines it
 _LAZY = {
@@ -30,7 +30,7 @@ _LAZY = {
     "PPPloss": "cope",
 }
 
-__all__ = ["HOOKS", "Strategy", "StrategyPlugin", *_LAZY]
+__all__ = ["HOOKS", "Strategy", "StrategyPlugin", "plugin_spec", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

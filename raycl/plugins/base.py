@@ -10,10 +10,16 @@ Callback names, arguments and order are the ones Avalanche users know (see the s
 
 Callbacks receive the strategy typed as :class:`Strategy`, a protocol of what plugins and metrics
 use, so that plugins and metrics never import the training loop (which imports them).
+
+:func:`plugin_spec` writes a plugin's class and constructor arguments on one line, for logs and
+results (``EWCPlugin(ewc_lambda=100.0, mode='separate', ...)``).
 """
 
 from __future__ import annotations
 
+import inspect
+import numbers
+import pathlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -186,10 +192,29 @@ class StrategyPlugin:
     documented ones (``mb_x``, ``mb_y``, ``mb_task_id``, ``mb_output``, ``loss``,
     ``adapted_dataset``, ``criterion``, parameter gradients, and ``stop_training()``). Anything a
     plugin learns belongs in :meth:`state_dict`.
+
+    Hyperparameters are the constructor's arguments. The base class records the arguments a
+    plugin was constructed with (in ``__new__``, defaults filled in, before ``__init__`` runs),
+    so :func:`plugin_spec` can show every one of them for any subclass; a subclass that keeps a
+    hyperparameter as an attribute of the same name (the usual case) has it shown normalised
+    (``ewc_lambda=100`` as ``100.0``). Only plain values are recorded (numbers, strings, lists,
+    ...); anything else (a model, a tensor, a file) is recorded as its class name, so the record
+    holds no reference to it and always pickles.
     """
 
     #: Extra ``before_*`` / ``after_*`` names a subclass may define that are not callbacks.
     helper_methods: ClassVar[frozenset[str]] = frozenset()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = super().__new__(cls)
+        # None when the arguments do not fit __init__: a copy or an unpickling (which calls
+        # __new__ without arguments and then restores the original's record), or a wrong call
+        # that __init__ is about to reject.
+        try:
+            self.__dict__["_spec_arguments"] = _record_arguments(cls, args, kwargs)
+        except AttributeError:  # no instance __dict__ (__slots__): nothing recorded
+            pass
+        return self
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -302,3 +327,157 @@ class StrategyPlugin:
 
     def after_eval(self, strategy: Strategy, **kwargs: Any) -> None:
         """Called once at the end of ``eval``."""
+
+
+# =================================================================================================
+# plugin_spec: a plugin's class and hyperparameters as one line
+# =================================================================================================
+class _Opaque:
+    """A recorded value that is not plain (a model, a tensor, a file): only its class name."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Opaque) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+    def __getstate__(self) -> str:
+        return self.name
+
+    def __setstate__(self, state: str) -> None:
+        self.name = state
+
+
+_UNKNOWN = _Opaque("unknown")
+
+
+def _init_parameters(cls: type) -> list[inspect.Parameter]:
+    """The parameters of ``cls.__init__`` after ``self``."""
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())
+    except (TypeError, ValueError):  # a builtin __init__ without a signature
+        return []
+    return params[1:]
+
+
+def _record_arguments(cls: type, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """``{parameter: plain value}`` of a call ``cls(*args, **kwargs)``, defaults included, or
+    None if the call does not fit ``cls.__init__``."""
+    params = _init_parameters(cls)
+    try:
+        bound = inspect.Signature(params).bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    return {name: _plain(value) for name, value in bound.arguments.items()}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data: scalars, strings, devices and paths as they are (numpy scalars as
+    Python ones), containers copied element by element, anything else an :class:`_Opaque`."""
+    if value is None or isinstance(value, (bool, str, _Opaque)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, complex):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, frozenset):
+        return frozenset(_plain(v) for v in value)
+    if isinstance(value, set):
+        return {_plain(v) for v in value}
+    if isinstance(value, pathlib.PurePath):
+        return value
+    kind = type(value)
+    if kind.__module__ == "torch" and kind.__name__ in ("device", "dtype"):
+        return value
+    return _Opaque(kind.__name__)
+
+
+def _shown(value: Any) -> str:
+    """A plain value as ``repr`` writes it, opaque parts as ``<ClassName>``."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        inner = ", ".join(_shown(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_shown(k)}: {_shown(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (set, frozenset)):
+        inner = ", ".join(sorted(_shown(v) for v in value))
+        if isinstance(value, frozenset):
+            return f"frozenset({{{inner}}})" if value else "frozenset()"
+        return f"{{{inner}}}" if value else "set()"
+    return repr(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two plain values are equal (``100 == 100.0``; ``[1] != (1,)``)."""
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - values that cannot be compared are not the same
+        return False
+
+
+_MISSING = object()
+
+
+def _spec_value(plugin: Any, name: str, recorded: dict[str, Any] | None) -> Any:
+    """The value :func:`plugin_spec` shows for parameter ``name`` (see its docstring)."""
+    try:
+        attribute = getattr(plugin, name, _MISSING)
+    except Exception:  # noqa: BLE001 - a property that cannot be read now: no attribute
+        attribute = _MISSING
+    current = _MISSING if attribute is _MISSING else _plain(attribute)
+    if recorded is not None and name in recorded:
+        given = recorded[name]
+        return current if current is not _MISSING and _same(current, given) else given
+    return _UNKNOWN if current is _MISSING else current
+
+
+def plugin_spec(plugin: Any) -> str:
+    """The plugin's class name and every constructor argument, defaults included, as one line.
+
+    ``plugin_spec(EWCPlugin(100))`` is ``"EWCPlugin(ewc_lambda=100.0, mode='separate',
+    decay_factor=None, keep_importance_data=False, fisher='minibatch')"``: the parameters of
+    ``type(plugin).__init__`` in signature order, each ``name=value``. The value is the argument
+    the plugin was constructed with (a missing one is its default); where the plugin has an
+    attribute of the same name equal to it, that attribute is shown instead, so validated values
+    appear normalised (``100`` as ``100.0``). An argument the plugin changed (EWC's
+    ``keep_importance_data``, always in effect in separate mode) is shown as given, which is what
+    rebuilds the same plugin. Values are written with ``repr``; values that are not plain data
+    (models, tensors, storage policies, files) as ``<ClassName>``. ``*args`` appear as
+    ``*name=(...)``, ``**kwargs`` as their own ``key=value`` entries.
+
+    Any object works: one that was not built as a :class:`StrategyPlugin` (e.g. a storage
+    policy) has no record of its arguments, so each value is its attribute of the same name, or
+    ``<unknown>``.
+    """
+    recorded = vars(plugin).get("_spec_arguments") if hasattr(plugin, "__dict__") else None
+    parts = []
+    for param in _init_parameters(type(plugin)):
+        value = _spec_value(plugin, param.name, recorded)
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            if isinstance(value, dict):
+                parts.extend(f"{k}={_shown(v)}" for k, v in value.items())
+            continue
+        prefix = "*" if param.kind is inspect.Parameter.VAR_POSITIONAL else ""
+        if prefix and value == ():
+            continue
+        parts.append(f"{prefix}{param.name}={_shown(value)}")
+    return f"{type(plugin).__name__}({', '.join(parts)})"

@@ -6,8 +6,9 @@ classes it holds; afterwards those rows are mean-shifted and merged into consoli
 the model uses for inference. From the second experience on, the rest of the network is frozen.
 
 As in the reference, only the layer's weight rows are consolidated; its bias keeps training.
-Our loop keeps optimizer state across experiences (Avalanche 0.6 resets it), so the layer's state
-is cleared when its rows are reset: stale momentum would otherwise move the fresh rows.
+Our loop keeps optimizer state across experiences (unless ``reset_optimizer=True``), so the
+layer's state is cleared when its rows are reset: stale momentum would otherwise move the fresh
+rows.
 """
 
 from __future__ import annotations

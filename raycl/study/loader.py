@@ -23,6 +23,7 @@ from typing import Any
 from raycl.benchmarks.registry import benchmark_entry
 from raycl.benchmarks.validation import check_validation_size
 from raycl.checks import (
+    check_bool,
     check_choice,
     check_int,
     check_number,
@@ -47,6 +48,7 @@ from raycl.study.spec import (
     Study,
     UnknownFieldError,
 )
+from raycl.study.stats import INTERVAL_METHODS, PAIRED_TESTS
 
 __all__ = ["StudyError", "load_study", "load_study_source", "read_study_file", "validate_study"]
 
@@ -259,6 +261,10 @@ def _selection_problems(study: Study) -> Problems:
                and not set(seeds) & set(study.seeds if isinstance(study.seeds, list) else []),
                p, "confirm_seeds", f"must be a list of distinct ints >= 0 that are not among "
                                    f"the study's seeds, got {seeds!r}")
+    _checked(p, "min_seeds", check_optional_int, study.min_seeds, minimum=1)
+    _checked(p, "reset_optimizer", check_bool, study.reset_optimizer)
+    _checked(p, "interval", check_choice, study.interval, INTERVAL_METHODS)
+    _checked(p, "paired_test", check_choice, study.paired_test, PAIRED_TESTS)
     if study.selection == "per_experience":
         pe = study.per_experience
         _check(isinstance(pe.lr_grid, (list, tuple)) and len(pe.lr_grid) > 0

@@ -27,14 +27,28 @@ import pandas as pd
 from raycl.study.loader import load_study_source, read_study_file, validate_study
 from raycl.study.protocol import (
     Batch,
+    comparisons_frame,
     first_trials,
     next_batch,
     rank_column,
     search_phase,
     selection_frame,
 )
+from raycl.study.protocol import (
+    confirm_seeds as confirm_seeds_of,
+)
 from raycl.study.results import ResultStore
-from raycl.study.schema import ARM, CONFIG, PHASE, SEED, STATUS, TERMINATED
+from raycl.study.schema import (
+    ARM,
+    COMPARISONS_TABLE,
+    CONFIG,
+    PHASE,
+    SEED,
+    SELECTION_TABLE,
+    STATUS,
+    TERMINATED,
+)
+from raycl.study.settings import resolved_settings
 from raycl.study.spec import (
     Benchmark,
     Model,
@@ -160,6 +174,8 @@ class PreparedRun:
     """First-phase trials already finished by an earlier run (``--resume``)."""
     planned: list[TrialSpec] | None = None
     """The first phase's whole trial list (None for Optuna)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The resolved study (``raycl.study.settings``), saved with the results."""
 
     @property
     def path(self) -> str:
@@ -183,6 +199,13 @@ class PreparedRun:
         """selection.parquet as the results stand."""
         frames = self.store.frames()
         return selection_frame(self.study, frames["trials"], frames["curves"])
+
+    def derived(self) -> dict[str, pd.DataFrame]:
+        """selection.parquet and comparisons.parquet as the results stand."""
+        frames = self.store.frames()
+        trials, curves = frames["trials"], frames["curves"]
+        return {SELECTION_TABLE: selection_frame(self.study, trials, curves),
+                COMPARISONS_TABLE: comparisons_frame(self.study, trials, curves)}
 
     def _finished(self) -> list[dict[str, Any]]:
         """Search-phase rows of earlier runs that finished (``--resume``)."""
@@ -252,7 +275,9 @@ def prepare_run(path: str | Path, *, storage: str = "results", num_samples: int 
                 trials = [t for t in planned if t.trial_key not in done]
             else:
                 skipped = len(done)
-    return PreparedRun(study, source, store, trials, skipped, planned)
+    settings = resolved_settings(study, str(path), text, confirm_seeds_of(study))
+    store.set_settings(settings)
+    return PreparedRun(study, source, store, trials, skipped, planned, settings)
 
 
 def _check_storage(store: ResultStore, name: str, storage: str, *, resume: bool,

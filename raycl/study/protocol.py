@@ -44,15 +44,20 @@ from raycl.study.schema import (
     CONFIG,
     CONFIG_KEY,
     CONFIGS_SEARCHED,
+    CONFIGS_UNRANKED,
     CONFIRM,
     CONFIRM_MEAN,
     CONFIRM_N,
     CONFIRM_STD,
     EXPERIENCE,
     FINAL,
+    INTERVAL,
+    INTRANSIGENCE,
     PHASE,
     PLASTICITY,
     PROTOCOL,
+    REPORTED_HIGH,
+    REPORTED_LOW,
     REPORTED_MEAN,
     REPORTED_METRIC,
     REPORTED_N,
@@ -79,6 +84,7 @@ from raycl.study.schema import (
     TRIAL_KEY,
     TUNE,
     VALID,
+    VERDICT,
     accuracy_column,
     is_param_column,
     metric_column,
@@ -86,10 +92,11 @@ from raycl.study.schema import (
 )
 from raycl.study.space import arm_rng, is_domain, is_grid, sample_configs
 from raycl.study.spec import Arm, Study, TrialSpec, make_trial
+from raycl.study.stats import COMPARISON_COLUMNS, interval, paired_comparisons, verdict
 
 __all__ = ["PROTOCOLS", "Batch", "Choice", "choices", "confirm_seeds", "first_trials",
            "next_batch", "rank_column", "report_column", "reported_phase", "reported_rows",
-           "search_phase", "selection_frame", "trial_where"]
+           "search_phase", "selection_frame", "trial_where", "comparisons_frame"]
 
 #: The values of ``Study.selection``.
 PROTOCOLS: tuple[str, ...] = ("valid", "test", "first_tasks", "first_task", "per_experience")
@@ -116,11 +123,15 @@ class Choice:
     value: float
     """Mean of the ranking column over the config's seeds."""
     configs: int
-    """Configs ranked."""
+    """Configs ranked (see :attr:`unranked`)."""
     seeds: list[int]
     """Seeds the ranking saw."""
     per_experience: list[dict[str, Any]] | None = None
     """'per_experience': the chosen config of each experience (first seed's chain)."""
+    unranked: int = 0
+    """Configs left out of the ranking: fewer than ``min_seeds`` of their seeds finished."""
+    failed: int = 0
+    """Seeds of the chosen config that did not finish (possible with ``min_seeds``)."""
 
 
 # ---- what is ranked and what is reported --------------------------------------------------------
@@ -213,25 +224,34 @@ def _finished(trials: pd.DataFrame, phase: str) -> pd.DataFrame:
 
 
 def choices(study: Study, trials: pd.DataFrame, curves: pd.DataFrame) -> dict[str, Choice]:
-    """Each arm's chosen config from the search phase's finished trials (arms with no finished
-    trial are left out). A config's score is the mean of :func:`rank_column` over its seeds;
-    ties go to the config with more seeds, then to the first in key order."""
+    """Each arm's chosen config from the search phase's trials (arms with no rankable config
+    are left out). A config is ranked only when at least ``study.min_seeds`` (default: all) of
+    its seeds finished with a value of :func:`rank_column` (an ERROR, diverged or early-stopped
+    seed does not count), so it is never chosen on the seeds that survived. Its score is the
+    mean over those seeds; ties go to the config with more seeds, then to the first in key
+    order."""
     if study.selection == "per_experience":
         return {c.arm: c for c in _chain_choices(study, trials, curves)}
     column = rank_column(study)
-    done = _finished(trials, search_phase(study))
+    search = trials[trials[PHASE] == search_phase(study)] if len(trials) else trials
+    need = study.min_seeds or len(study.seeds)
     out = {}
-    for arm, rows in done.groupby(ARM, sort=True):
-        rows = rows[rows[column].notna()] if column in rows.columns else rows.iloc[:0]
-        if rows.empty:
+    for arm, rows in search.groupby(ARM, sort=True):
+        values = rows[column] if column in rows.columns else pd.Series(math.nan, rows.index)
+        ok = (rows[STATUS] == TERMINATED) & values.notna()
+        stats = rows.assign(_value=values.where(ok), _ok=ok).groupby(CONFIG_KEY).agg(
+            mean=("_value", "mean"), n=("_ok", "sum"), runs=(SEED, "count"),
+            config=(CONFIG, "first"))
+        ranked = stats[stats["n"] >= need]
+        if ranked.empty:
             continue
-        stats = rows.groupby(CONFIG_KEY).agg(mean=(column, "mean"), n=(column, "count"),
-                                             config=(CONFIG, "first"))
-        stats = stats.assign(neg_n=-stats["n"]).sort_values(
+        ranked = ranked.assign(neg_n=-ranked["n"]).sort_values(
             ["mean", "neg_n"], ascending=[study.mode == "min", True], kind="stable")
-        best = stats.iloc[0]
+        best = ranked.iloc[0]
         out[str(arm)] = Choice(str(arm), json.loads(best["config"]), float(best["mean"]),
-                               int(len(stats)), sorted(int(s) for s in rows[SEED].unique()))
+                               int(len(ranked)), sorted(int(s) for s in rows[SEED].unique()),
+                               unranked=int(len(stats) - len(ranked)),
+                               failed=int(best["runs"] - best["n"]))
     return out
 
 
@@ -425,10 +445,87 @@ def _stats(rows: pd.DataFrame, column: str) -> tuple[float, float, int]:
     return mean, std, n
 
 
+def _baseline(study: Study) -> str | None:
+    return next((a.name for a in study.arms if a.baseline), None)
+
+
+def comparisons_frame(study: Study, trials: pd.DataFrame, curves: pd.DataFrame
+                      ) -> pd.DataFrame:
+    """comparisons.parquet: every arm's reported runs against the best arm's and the baseline
+    arm's, paired over their shared seeds (``study.paired_test``, Holm-corrected across the
+    table; see :func:`raycl.study.stats.paired_comparisons`)."""
+    reported = reported_rows(study, trials, curves)
+    report = report_column(study)
+    values = pd.DataFrame({"arm": reported[ARM].astype(str) if len(reported) else [],
+                           "seed": reported[SEED] if len(reported) else [],
+                           "value": reported[report] if report in reported else []})
+    values = values.dropna()
+    if values["arm"].nunique() < 2:
+        return pd.DataFrame(columns=[STUDY, *COMPARISON_COLUMNS])
+    baseline = _baseline(study)
+    frame = paired_comparisons(values, best=None,
+                               baseline=baseline if baseline in set(values["arm"]) else None,
+                               mode=study.mode, test=study.paired_test)
+    frame.insert(0, STUDY, study.name)
+    return frame
+
+
+def _verdicts(comparisons: pd.DataFrame) -> dict[str, str]:
+    """arm -> its labels against the best arm and the baseline ("best", "≈ best; > baseline")."""
+    labels: dict[str, list[str]] = {}
+    for row in comparisons.to_dict("records"):
+        labels.setdefault(row["arm"], []).append(verdict(row))
+    best = comparisons.loc[comparisons["reference_kind"] == "best", "reference"]
+    for arm in set(best):
+        labels.setdefault(arm, []).insert(0, "best")
+    return {arm: "; ".join(parts) for arm, parts in labels.items()}
+
+
+def _diagonal(curves: pd.DataFrame, keys: pd.Series) -> dict[int, float]:
+    """Mean over the given trials of R[k][k] (test accuracy on k right after learning k)."""
+    if curves.empty:
+        return {}
+    rows = curves[curves[TRIAL_KEY].isin(set(keys))]
+    out: dict[int, list[float]] = {}
+    for row in rows.to_dict("records"):
+        k = int(row[EXPERIENCE])
+        value = row.get(accuracy_column(k, TEST))
+        if value is not None and not pd.isna(value):
+            out.setdefault(k, []).append(float(value))
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def _intransigence(study: Study, reported: pd.DataFrame, curves: pd.DataFrame
+                   ) -> dict[str, float]:
+    """arm -> mean over seeds shared with the joint arm of mean_k (joint R[k][k] - arm
+    R[k][k]) (Chaudhry et al. 2018); empty without a joint arm."""
+    joint = next((a.name for a in study.arms if a.joint), None)
+    if joint is None or reported.empty:
+        return {}
+    by_seed = {int(s): rows for s, rows in reported[reported[ARM] == joint].groupby(SEED)}
+    out: dict[str, float] = {}
+    for arm, rows in reported.groupby(ARM):
+        values = []
+        for seed, mine in rows.groupby(SEED):
+            if int(seed) not in by_seed:
+                continue
+            ref = _diagonal(curves, by_seed[int(seed)][TRIAL_KEY])
+            own = _diagonal(curves, mine[TRIAL_KEY])
+            gaps = [ref[k] - own[k] for k in own if k in ref]
+            if gaps:
+                values.append(sum(gaps) / len(gaps))
+        out[str(arm)] = sum(values) / len(values) if values else math.nan
+    return out
+
+
 def selection_frame(study: Study, trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """selection.parquet: one row per arm with a choice (see ``raycl.study.schema``)."""
+    """selection.parquet: one row per arm with a choice (see ``raycl.study.schema``): the
+    chosen config, the value it was chosen on, the reported figure with its confidence
+    interval, and its verdict from the paired comparisons."""
     chosen = choices(study, trials, curves)
     reported = reported_rows(study, trials, curves)
+    verdicts = _verdicts(comparisons_frame(study, trials, curves))
+    intransigence = _intransigence(study, reported, curves)
     rank, report = rank_column(study), report_column(study)
     search = _finished(trials, search_phase(study))
     rows = []
@@ -436,7 +533,7 @@ def selection_frame(study: Study, trials: pd.DataFrame, curves: pd.DataFrame) ->
         config = json.dumps(choice.per_experience if choice.per_experience is not None
                             else choice.params, sort_keys=True)
         mine = reported[reported[ARM] == arm]
-        mean, std, n = _stats(mine, report)
+        ci = interval(mine[report] if report in mine else [], method=study.interval)
         same = search[(search[ARM] == arm)
                       & (search[CONFIG] == json.dumps(choice.params, sort_keys=True))]
         s_mean, s_std, _ = _stats(same, report)
@@ -445,19 +542,24 @@ def selection_frame(study: Study, trials: pd.DataFrame, curves: pd.DataFrame) ->
             STUDY: study.name, ARM: arm, PROTOCOL: study.selection,
             SELECTION_SPLIT: TEST if study.selection == "test" else VALID,
             SELECTION_METRIC: rank, SELECTION_VALUE: choice.value,
-            CONFIGS_SEARCHED: choice.configs, SEARCH_SEEDS: json.dumps(choice.seeds),
-            CHOSEN_CONFIG: config,
+            CONFIGS_SEARCHED: choice.configs, CONFIGS_UNRANKED: choice.unranked,
+            SEARCH_SEEDS: json.dumps(choice.seeds), CHOSEN_CONFIG: config,
             **{param_column(k): v for k, v in choice.params.items()},
             REPORTED_PHASE: reported_phase(study), REPORTED_METRIC: report,
-            REPORTED_MEAN: mean, REPORTED_STD: std, REPORTED_N: n,
+            REPORTED_MEAN: ci.mean, REPORTED_STD: ci.std, REPORTED_N: ci.n,
+            REPORTED_LOW: ci.low, REPORTED_HIGH: ci.high,
+            INTERVAL: f"{ci.confidence:.0%} {ci.method}", VERDICT: verdicts.get(arm, ""),
+            INTRANSIGENCE: intransigence.get(arm, math.nan),
             REPORTED_SEEDS: json.dumps(sorted(int(s) for s in mine[SEED])),
             SEARCH_TEST_MEAN: s_mean, SEARCH_TEST_STD: s_std,
-            CONFIRM_MEAN: mean if confirm else math.nan,
-            CONFIRM_STD: std if confirm else math.nan, CONFIRM_N: n if confirm else 0,
+            CONFIRM_MEAN: ci.mean if confirm else math.nan,
+            CONFIRM_STD: ci.std if confirm else math.nan, CONFIRM_N: ci.n if confirm else 0,
         }
         rows.append(row)
     params = sorted({k for r in rows for k in r if is_param_column(k)})
     columns = [*SELECTION_HEAD, *params, *SELECTION_TAIL]
     frame = pd.DataFrame(rows, columns=columns)
     frame[SCHEMA_VERSION_COLUMN] = SCHEMA_VERSION
-    return frame
+    # best reported figure first
+    return frame.sort_values(REPORTED_MEAN, ascending=study.mode == "min", na_position="last",
+                             kind="stable").reset_index(drop=True)

@@ -52,7 +52,6 @@ from raycl.study.schema import (
     MATRIX_COLUMNS,
     SCHEMA_VERSION,
     SCHEMA_VERSION_COLUMN,
-    SELECTION_TABLE,
     SPLIT,
     STARTED_AT,
     STATUS,
@@ -70,6 +69,7 @@ from raycl.study.schema import (
     loss_column,
     param_column,
 )
+from raycl.study.settings import METADATA_KEY, SETTINGS_FILE
 from raycl.study.spec import TrialSpec
 
 __all__ = ["ResultStore", "metric_frame", "resolve_storage"]
@@ -122,8 +122,11 @@ class ResultStore:
         self._trials: dict[str, dict[str, Any]] = {}
         #: trial_key -> experience -> curves row
         self._curves: dict[str, dict[int, dict[str, Any]]] = {}
-        #: selection.parquet as last set (None: not written)
-        self._selection: pd.DataFrame | None = None
+        #: tables derived from the rows (selection, comparisons), as last set
+        self._derived: dict[str, pd.DataFrame] = {}
+        #: the resolved study (``raycl.study.settings``), written as study.json and into
+        #: every table's metadata once set
+        self._settings: str | None = None
 
     # ---- locations --------------------------------------------------------------------------
     @property
@@ -218,9 +221,15 @@ class ResultStore:
         })
         self._trials[trial.trial_key] = row
 
-    def set_selection(self, frame: pd.DataFrame) -> None:
-        """The selection table (each arm's chosen config), written with the other tables."""
-        self._selection = frame
+    def set_settings(self, settings: Mapping[str, Any]) -> None:
+        """The resolved study: written as study.json beside the tables and into each table's
+        Parquet metadata with every write."""
+        self._settings = json.dumps(settings, indent=1, sort_keys=True, default=str)
+
+    def set_derived(self, tables: Mapping[str, pd.DataFrame]) -> None:
+        """Tables derived from the rows (selection.parquet, comparisons.parquet), written with
+        the others from now on."""
+        self._derived = dict(tables)
 
     def _ident(self, trial: TrialSpec, trial_id: str) -> dict[str, Any]:
         return dict(zip(TRIAL_HEAD, (self.study, str(trial_id), trial.trial_key, trial.phase,
@@ -228,7 +237,7 @@ class ResultStore:
 
     # ---- tables -----------------------------------------------------------------------------
     def frames(self) -> dict[str, pd.DataFrame]:
-        """The three tables (and the selection table once set) as DataFrames, columns in their
+        """The three tables (and the derived ones once set) as DataFrames, columns in their
         documented order."""
         trials = list(self._trials.values())
         params = sorted({k for r in trials for k in r if is_param_column(k)})
@@ -242,11 +251,11 @@ class ResultStore:
             "matrix": _frame(sorted(_matrix_rows(curve_rows), key=_matrix_order),
                              list(MATRIX_COLUMNS)),
             "curves": _frame(sorted(curve_rows, key=_curve_order), curve_cols),
-            **({SELECTION_TABLE: self._selection} if self._selection is not None else {}),
+            **self._derived,
         }
 
     def write(self) -> dict[str, str]:
-        """Rewrite the files atomically (the selection table too once set); returns their
+        """Rewrite the files atomically (the derived tables too once set); returns their
         paths.
 
         A write that fails (disk full, storage gone) raises ``OSError`` and leaves every file
@@ -257,22 +266,38 @@ class ResultStore:
         frames = self.frames()
         for table, frame in frames.items():
             data = pa.Table.from_pandas(frame, preserve_index=False)
-            final = self._fs_path(table)
-            if isinstance(self.fs, pafs.LocalFileSystem):
-                tmp = f"{self.dir}/.{table}.parquet.tmp-{os.getpid()}"
-                try:
-                    pq.write_table(data, tmp, filesystem=self.fs)
-                    self.fs.move(tmp, final)  # rename(2): atomic on one filesystem
-                except BaseException:
-                    self._remove(tmp)
-                    raise
-            else:
-                pq.write_table(data, final, filesystem=self.fs)
+            if self._settings is not None:
+                data = data.replace_schema_metadata(
+                    {**(data.schema.metadata or {}), METADATA_KEY: self._settings.encode()})
+            self._atomic(f"{table}.parquet",
+                         lambda where, data=data: pq.write_table(data, where,
+                                                                 filesystem=self.fs))
             del data
+        if self._settings is not None:
+            self._atomic(SETTINGS_FILE, self._write_settings)
         # Arrow's allocator keeps freed pages for reuse; tables grow as trials finish, so
         # without this the driver's memory would grow with each write's high-water mark.
         pa.default_memory_pool().release_unused()
         return {t: self.path(t) for t in frames}
+
+    def _atomic(self, name: str, write: Any) -> None:
+        """``write(path)`` to a temporary name, then renamed over ``name`` (object stores: one
+        PUT, atomic already)."""
+        final = f"{self.dir}/{name}"
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            write(final)
+            return
+        tmp = f"{self.dir}/.{name}.tmp-{os.getpid()}"
+        try:
+            write(tmp)
+            self.fs.move(tmp, final)  # rename(2): atomic on one filesystem
+        except BaseException:
+            self._remove(tmp)
+            raise
+
+    def _write_settings(self, where: str) -> None:
+        with self.fs.open_output_stream(where) as f:
+            f.write((self._settings or "").encode())
 
     def _remove(self, fs_path: str) -> None:
         try:
@@ -285,7 +310,7 @@ class ResultStore:
         if not isinstance(self.fs, pafs.LocalFileSystem) or not self._exists(self.dir):
             return
         for info in self.fs.get_file_info(pafs.FileSelector(self.dir)):
-            if info.base_name.startswith(".") and ".parquet.tmp-" in info.base_name:
+            if info.base_name.startswith(".") and ".tmp-" in info.base_name:
                 self._remove(info.path)
 
     def check_writable(self) -> None:

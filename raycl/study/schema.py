@@ -26,8 +26,10 @@ __all__ = [
     "BWT",
     "CHECKPOINT",
     "CHOSEN_CONFIG",
-    "CONFIGS_SEARCHED",
+    "COMPARISONS_TABLE",
     "CONFIG",
+    "CONFIGS_SEARCHED",
+    "CONFIGS_UNRANKED",
     "CONFIG_KEY",
     "CONFIRM",
     "CONFIRM_MEAN",
@@ -49,6 +51,8 @@ __all__ = [
     "FINISHED_AT",
     "FWT",
     "INFO_FIELDS",
+    "INTERVAL",
+    "INTRANSIGENCE",
     "INT_COLUMNS",
     "LOSS",
     "MATRIX_COLUMNS",
@@ -56,9 +60,12 @@ __all__ = [
     "PEAK_MEMORY_MB",
     "PER_EXPERIENCE_METRICS",
     "PHASE",
+    "PLUGIN_SPEC",
     "PHASES",
     "PLASTICITY",
     "PROTOCOL",
+    "REPORTED_HIGH",
+    "REPORTED_LOW",
     "REPORTED_MEAN",
     "REPORTED_METRIC",
     "REPORTED_N",
@@ -103,6 +110,7 @@ __all__ = [
     "TRIAL_TAIL",
     "TUNE",
     "VALID",
+    "VERDICT",
     "accuracy_column",
     "experience_column",
     "is_param_column",
@@ -189,7 +197,11 @@ PEAK_MEMORY_MB = "peak_memory_mb"
 PER_EXPERIENCE_METRICS: tuple[str, ...] = (AVG_ACCURACY, STREAM_ACCURACY, STREAM_LOSS,
                                            TRAIN_TIME_S, EVAL_TIME_S, PEAK_MEMORY_MB)
 #: What a trial records about where it ran (strings; notes only when something happened).
-INFO_FIELDS: tuple[str, ...] = ("device", "gpu_ids", "node_ip", "device_note", "checkpoint_note")
+PLUGIN_SPEC = "plugin_spec"
+"""The trial's plugins as built, every keyword with its value, defaults included
+(``raycl.plugins.plugin_spec``, joined by ``; ``)."""
+INFO_FIELDS: tuple[str, ...] = ("device", "gpu_ids", "node_ip", "device_note", "checkpoint_note",
+                                PLUGIN_SPEC)
 #: Key of the report a diverged trial ends with (its value says why); that report has no
 #: :data:`EXPERIENCE`, only NaN metrics, and no checkpoint.
 DIVERGED = "diverged"
@@ -295,7 +307,8 @@ TRIAL_METRICS: tuple[str, ...] = (*(split_column(s, m) for s in SPLITS for m in 
                                   TRAIN_TIME_S, PEAK_MEMORY_MB)
 #: trials.parquet columns after the ``param_<name>`` ones.
 TRIAL_TAIL: tuple[str, ...] = (CONFIG, STATUS, ERROR, EXPERIENCES_DONE, *TRIAL_METRICS,
-                               "device", "gpu_ids", "node_ip", STARTED_AT, FINISHED_AT,
+                               PLUGIN_SPEC, "device", "gpu_ids", "node_ip", STARTED_AT,
+                               FINISHED_AT,
                                CHECKPOINT, SCHEMA_VERSION_COLUMN)
 #: trials.parquet columns, with the ``param_<name>`` columns between the head and the tail.
 TRIAL_COLUMNS: tuple[str, ...] = TRIAL_HEAD + TRIAL_TAIL
@@ -335,6 +348,8 @@ CHOSEN_CONFIG = "chosen_config"
 """The chosen config as JSON (per experience for 'per_experience': a list)."""
 CONFIGS_SEARCHED = "configs_searched"
 """How many configs of the arm were ranked."""
+CONFIGS_UNRANKED = "configs_unranked"
+"""Configs of the arm not ranked: fewer than ``Study.min_seeds`` of their seeds finished."""
 SEARCH_SEEDS = "search_seeds"
 """The seeds the selection ran (JSON list)."""
 REPORTED_PHASE = "reported_phase"
@@ -343,6 +358,14 @@ the study selects on 'test')."""
 REPORTED_METRIC = "reported_metric"
 """The reported column, e.g. ``test_final_avg_accuracy``."""
 REPORTED_MEAN, REPORTED_STD, REPORTED_N = "reported_mean", "reported_std", "reported_n"
+REPORTED_LOW, REPORTED_HIGH = "reported_low", "reported_high"
+"""The confidence interval of the reported mean (see :data:`INTERVAL`)."""
+INTERVAL = "interval"
+"""How the interval was computed, e.g. ``95% t`` (Student-t over the seeds) or ``95%
+bootstrap``."""
+VERDICT = "verdict"
+"""The arm against the best arm and the baseline, from the paired tests in
+comparisons.parquet: e.g. ``best``, ``≈ best``, ``< best; > baseline``."""
 REPORTED_SEEDS = "reported_seeds"
 """The seeds behind the reported figures (JSON list)."""
 SEARCH_TEST_MEAN, SEARCH_TEST_STD = "search_test_mean", "search_test_std"
@@ -350,27 +373,41 @@ SEARCH_TEST_MEAN, SEARCH_TEST_STD = "search_test_mean", "search_test_std"
 with 'valid' selection it was not chosen on it, but it ran on the seeds that chose it)."""
 CONFIRM_MEAN, CONFIRM_STD, CONFIRM_N = "confirm_mean", "confirm_std", "confirm_n"
 """The chosen config's test value on the confirmation seeds (NaN without confirmation)."""
+INTRANSIGENCE = "intransigence"
+"""Chaudhry et al. 2018 ("Riemannian Walk", sec. 4): the mean over experiences k of the joint
+arm's test accuracy on k after training on 0..k minus this arm's accuracy on k right after
+learning it, over the seeds both ran (NaN without a ``joint=True`` arm)."""
 #: selection.parquet columns; ``param_<name>`` columns of the chosen config follow
 #: :data:`CHOSEN_CONFIG`.
 SELECTION_HEAD: tuple[str, ...] = (STUDY, ARM, PROTOCOL, SELECTION_SPLIT, SELECTION_METRIC,
-                                   SELECTION_VALUE, CONFIGS_SEARCHED, SEARCH_SEEDS,
+                                   SELECTION_VALUE, CONFIGS_SEARCHED, CONFIGS_UNRANKED,
+                                   SEARCH_SEEDS,
                                    CHOSEN_CONFIG)
 SELECTION_TAIL: tuple[str, ...] = (REPORTED_PHASE, REPORTED_METRIC, REPORTED_MEAN, REPORTED_STD,
-                                   REPORTED_N, REPORTED_SEEDS, SEARCH_TEST_MEAN,
+                                   REPORTED_N, REPORTED_LOW, REPORTED_HIGH, INTERVAL, VERDICT,
+                                   INTRANSIGENCE,
+                                   REPORTED_SEEDS, SEARCH_TEST_MEAN,
                                    SEARCH_TEST_STD, CONFIRM_MEAN, CONFIRM_STD, CONFIRM_N,
                                    SCHEMA_VERSION_COLUMN)
+
+# ---- comparisons.parquet -------------------------------------------------------------------------
+#: Paired comparisons of the arms' reported runs over their shared seeds: each arm against the
+#: best arm and against the baseline (``raycl.study.stats.paired_comparisons``, Holm-corrected).
+COMPARISONS_TABLE = "comparisons"
 
 # ---- column types --------------------------------------------------------------------------------
 #: Integer columns of any table.
 INT_COLUMNS: frozenset[str] = frozenset({
     SEED, EXPERIENCES_DONE, TRAINED_EXP, EVAL_EXP, EXPERIENCE, TRAINING_ITERATION,
-    "resumed_from", CONFIGS_SEARCHED, REPORTED_N, CONFIRM_N, SCHEMA_VERSION_COLUMN})
+    "resumed_from", CONFIGS_SEARCHED, CONFIGS_UNRANKED, REPORTED_N, CONFIRM_N,
+    SCHEMA_VERSION_COLUMN})
 #: String columns of any table.
 STR_COLUMNS: frozenset[str] = frozenset({STUDY, TRIAL_ID, TRIAL_KEY, PHASE, ARM, CONFIG_KEY,
                                          CONFIG, STATUS, ERROR,
                                          SPLIT, CHECKPOINT, PROTOCOL, SELECTION_SPLIT,
                                          SELECTION_METRIC, CHOSEN_CONFIG, SEARCH_SEEDS,
                                          REPORTED_PHASE, REPORTED_METRIC, REPORTED_SEEDS,
+                                         INTERVAL, VERDICT,
                                          *INFO_FIELDS})
 #: UTC timestamp columns.
 TIME_COLUMNS: frozenset[str] = frozenset({STARTED_AT, FINISHED_AT})

@@ -225,6 +225,11 @@ class Arm:
     baseline: bool = False
     """A baseline arm (e.g. naive fine-tuning) may have an empty space; any other arm must
     search something, so that a forgotten space is an error rather than a single run."""
+    joint: bool = False
+    """A joint-training upper bound: at every experience the learner trains on all the
+    training data seen so far (experiences 0..i together), so it forgets nothing by
+    construction. With one in a study, every arm's intransigence (Chaudhry et al. 2018) is
+    reported against it."""
     stability: str | None = None
     """'per_experience' selection: the config key of the arm's stability hyperparameter (e.g.
     ``"ewc_lambda"``), set high and decayed per experience (De Lange et al., TPAMI 2021); None
@@ -311,6 +316,21 @@ class Study:
     study that searches, none for one that has nothing to choose. ``[]``: no confirmation."""
     per_experience: PerExperience = field(default_factory=lambda: PerExperience())
     """Settings of 'per_experience' selection."""
+    reset_optimizer: bool = False
+    """Clear the optimizer's state (momentum, Adam moments) at the start of every experience,
+    as the SI authors' split-MNIST code does; False keeps it across experiences (Avalanche
+    0.6's default). See docs/methods.md."""
+    min_seeds: int | None = None
+    """A config is ranked only when at least this many of its seeds finished (None: all of
+    them); a config with a failed, diverged or early-stopped seed is otherwise never chosen on
+    the seeds that survived. With ASHA, a stopped seed has no final metric and counts as not
+    finished."""
+    interval: str = "t"
+    """The confidence interval of reported means: 't' (Student-t over the seeds) or
+    'bootstrap' (percentile bootstrap of the mean, seeded)."""
+    paired_test: str = "t"
+    """The paired test between arms over their shared seeds: 't' (paired t-test) or
+    'wilcoxon' (signed-rank); Holm-corrected across the comparisons."""
     description: str = ""
     """Free text shown by ``--dry-run``."""
 

@@ -12,18 +12,22 @@ import pandas as pd
 from raycl.study.schema import (
     ARM,
     CHOSEN_CONFIG,
+    CONFIGS_UNRANKED,
     ERRORED,
+    INTERVAL,
     PROTOCOL,
+    REPORTED_HIGH,
+    REPORTED_LOW,
     REPORTED_MEAN,
     REPORTED_METRIC,
     REPORTED_N,
     REPORTED_PHASE,
-    REPORTED_STD,
     SELECTION_METRIC,
     SELECTION_SPLIT,
     SELECTION_VALUE,
     STATUS,
     TEST,
+    VERDICT,
 )
 from raycl.study.selection import format_config
 from raycl.study.spec import Study, TrialSpec
@@ -102,7 +106,13 @@ def protocol_lines(study: Study) -> list[str]:
                           "experience's validation accuracy is within p of the best",
     }[study.selection]
     seeds = confirm_seeds(study)
-    lines = [f"selection ({study.selection}): {text}"]
+    need = study.min_seeds or len(study.seeds)
+    lines = [f"selection ({study.selection}): {text}; a config is ranked only when {need} of "
+             f"its {len(study.seeds)} seeds finished"]
+    if study.scheduler == "asha":
+        lines.append("ASHA stops seeds early: a stopped seed has no final metric and counts as "
+                     "not finished, so a config with a stopped seed is not ranked unless "
+                     "min_seeds allows it")
     if seeds:
         lines.append(f"confirmation: each arm's chosen config rerun on fresh seeds {seeds} "
                      f"(adds {len(study.arms) * len(seeds)} trials)")
@@ -110,29 +120,35 @@ def protocol_lines(study: Study) -> list[str]:
     return lines
 
 
-def _mean_std(mean: float, std: float) -> str:
-    if pd.isna(mean):
+def _mean_interval(r: dict[str, Any]) -> str:
+    if pd.isna(r[REPORTED_MEAN]):
         return "-"
-    return f"{mean:.4f} ± {std:.4f}" if not pd.isna(std) else f"{mean:.4f}"
+    if pd.isna(r[REPORTED_LOW]):
+        return f"{r[REPORTED_MEAN]:.4f}"
+    return f"{r[REPORTED_MEAN]:.4f} [{r[REPORTED_LOW]:.4f}, {r[REPORTED_HIGH]:.4f}]"
 
 
 def summary_lines(selection: pd.DataFrame, trials: pd.DataFrame) -> list[str]:
     """The per-arm table: the chosen config, the value it was chosen on, the reported test
-    figure (mean ± std over the reported runs' seeds) and trial counts; then which data chose
-    and which data report, in words."""
+    figure (mean and confidence interval over the reported runs' seeds), the paired verdict
+    against the best arm and the baseline, and trial counts; then which data chose and which
+    data report, in words."""
     if selection.empty:
         return ["no arm has a finished trial to choose from"]
     first = selection.iloc[0]
     rows = [("arm", "chosen config", f"chosen on {first[SELECTION_METRIC]}",
-             f"reported {first[REPORTED_METRIC]} (mean ± std)", "seeds", "trials", "errored")]
+             f"{first[REPORTED_METRIC]} mean [{first[INTERVAL]} interval]", "seeds",
+             "vs best / baseline (paired)", "trials", "errored")]
     for r in selection.to_dict("records"):
         mine = trials[trials[ARM] == r[ARM]]
         config = json.loads(r[CHOSEN_CONFIG])
         shown = (format_config(config) if isinstance(config, dict)
                  else f"per experience: {'; '.join(format_config(c) for c in config)}")
-        rows.append((str(r[ARM]), shown, f"{r[SELECTION_VALUE]:.4f}",
-                     _mean_std(r[REPORTED_MEAN], r[REPORTED_STD]), str(r[REPORTED_N]),
-                     str(len(mine)), str(int((mine[STATUS] == ERRORED).sum()))))
+        if r[CONFIGS_UNRANKED]:
+            shown += f" ({r[CONFIGS_UNRANKED]} config(s) unranked: seeds missing)"
+        rows.append((str(r[ARM]), shown, f"{r[SELECTION_VALUE]:.4f}", _mean_interval(r),
+                     str(r[REPORTED_N]), str(r[VERDICT] or "-"), str(len(mine)),
+                     str(int((mine[STATUS] == ERRORED).sum()))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if first[SELECTION_SPLIT] == TEST:

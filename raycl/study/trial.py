@@ -36,6 +36,7 @@ from raycl.evaluation import (
     loss_metrics,
 )
 from raycl.models import MultiTaskModule
+from raycl.plugins.base import plugin_spec
 from raycl.study.build import (
     build_benchmark,
     build_model,
@@ -57,6 +58,7 @@ from raycl.study.schema import (
     FINAL_AVG_ACCURACY,
     FWT,
     PEAK_MEMORY_MB,
+    PLUGIN_SPEC,
     STREAM_ACCURACY,
     STREAM_LOSS,
     TEST,
@@ -151,6 +153,7 @@ class _TrialRun:
             raise ValueError(f"trial arm {trial.arm!r} is not an arm of study {study.name!r}")
         arm, config = arms[trial.arm], dict(trial.params)
         self.key, self.device, self.config = trial.trial_key, device, config
+        self.joint = arm.joint
         bench = _benchmark(study.benchmark, trial)
         seed_everything(trial.seed)  # after the (cached) benchmark: init and data order follow
         model = build_model(study.model, input_shape(bench), bench.n_classes,
@@ -159,6 +162,7 @@ class _TrialRun:
         self._fresh_optimizer_defaults = {k: v for k, v in optimizer.defaults.items()
                                           if k in ("lr", "momentum", "weight_decay")}
         plugins = build_plugins(arm, config, model)
+        self.plugin_spec = "; ".join(plugin_spec(p) for p in plugins)
         if check_every is None:  # a check is free on the CPU, a host sync on a GPU
             check_every = 16 if device.type == "cuda" else 1
         plugins.append(DivergenceGuard(check_every))
@@ -170,7 +174,7 @@ class _TrialRun:
             train_mb_size=int(config.get("train_mb_size", study.train_mb_size)),
             train_epochs=int(config.get("train_epochs", study.train_epochs)),
             eval_mb_size=study.eval_mb_size, device=device, plugins=plugins,
-            evaluator=self.evaluator)
+            evaluator=self.evaluator, reset_optimizer=study.reset_optimizer)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         self.train_stream = bench.train_stream
@@ -182,6 +186,10 @@ class _TrialRun:
         # A multi-head model has no head for a task it has not trained on: it is evaluated on
         # the experiences seen so far only (forward transfer is then undefined: NaN).
         self.seen_only = isinstance(model, MultiTaskModule)
+        # Forward transfer compares accuracy on an experience before training on it with the
+        # untrained model's; in a class-incremental stream both are 0 by construction (its
+        # classes were never a target), so the difference is initialisation noise: NaN.
+        self.class_incremental = study.benchmark.resolved_scenario == "class"
         self.initial = {split: [math.nan] * len(stream) for split, stream in self.streams.items()}
         self.train_time = self.eval_time = 0.0
 
@@ -227,10 +235,12 @@ class _TrialRun:
         return stream[:i + 1] if self.seen_only else list(stream)
 
     def train_and_evaluate(self, i: int) -> None:
-        """Train experience ``i``, then evaluate (:class:`TrialDiverged` if the loss blew up)."""
+        """Train experience ``i`` (a joint arm: experiences 0..i together), then evaluate
+        (:class:`TrialDiverged` if the loss blew up)."""
         _sync(self.device)
         t0 = time.perf_counter()
-        self.strategy.train(self.train_stream[i])
+        self.strategy.train(joint_experience(self.train_stream, i) if self.joint
+                            else self.train_stream[i])
         _sync(self.device)
         t1 = time.perf_counter()
         for split in self.streams:
@@ -269,7 +279,8 @@ class _TrialRun:
                 split_column(split, FINAL_AVG_ACCURACY): average_accuracy(matrix),
                 split_column(split, AVG_FORGETTING): average_forgetting(matrix),
                 split_column(split, BWT): backward_transfer(matrix),
-                split_column(split, FWT): forward_transfer(matrix, self.initial[split])})
+                split_column(split, FWT): (math.nan if self.class_incremental else
+                                           forward_transfer(matrix, self.initial[split]))})
         return metrics
 
     def diverged(self, i: int, err: TrialDiverged) -> dict[str, Any]:
@@ -290,6 +301,28 @@ class _TrialRun:
                 "strategy": self.strategy.state_dict(),
                 "initial_accuracies": {k: list(v) for k, v in self.initial.items()},
                 "train_time_s": self.train_time, "eval_time_s": self.eval_time}
+
+
+def joint_experience(stream: list[Experience], i: int) -> Experience:
+    """Experience ``i`` of ``stream`` holding the training data of experiences 0..i together
+    (joint training: the upper bound a continual learner is compared with)."""
+    from raycl.benchmarks.base import SubsetCLDataset, TensorCLDataset
+
+    parts = [e.dataset for e in stream[:i + 1]]
+    if all(isinstance(d, TensorCLDataset) for d in parts):
+        data: Any = TensorCLDataset.concat(parts)
+    elif all(isinstance(d, SubsetCLDataset) and d.base is parts[0].base
+             and d.transform is parts[0].transform for d in parts):
+        data = SubsetCLDataset(parts[0].base, torch.cat([d.indices for d in parts]),
+                               torch.cat([d.targets for d in parts]),
+                               torch.cat([d.task_labels for d in parts]), parts[0].transform)
+    else:
+        raise ValueError("joint=True needs the experiences' data as tensors or views of one "
+                         "dataset")
+    current = stream[i]
+    classes = sorted({c for e in stream[:i + 1] for c in e.classes_in_this_experience})
+    return Experience(data, current.current_experience, classes, current.task_label,
+                      current.origin_stream, current.benchmark)
 
 
 def _stream_name(split: str) -> str:
@@ -338,7 +371,8 @@ def run_trial(study: Study, trial: TrialSpec, report: ReportFn,
     if trial.steps is not None:  # counted from where the trial began, resumed or not
         first = int(init_state["next_experience"]) if init_state is not None else 0
         stop = min(stop, first + trial.steps)
-    extra = {"device": run.device.type, "gpu_ids": "", "node_ip": "", **(info or {})}
+    extra = {"device": run.device.type, "gpu_ids": "", "node_ip": "",
+             PLUGIN_SPEC: run.plugin_spec, **(info or {})}
     for i in range(start, stop):
         try:
             run.train_and_evaluate(i)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from raycl.benchmarks.base import CLDataset, Experience, TensorCLDataset
-from raycl.checks import check_int
+from raycl.checks import check_bool, check_int
 from raycl.evaluation.plugin import default_evaluator
 from raycl.plugins.base import HOOKS, StrategyPlugin
 
@@ -64,7 +64,8 @@ class BaseStrategy:
         model: the network; a ``raycl.models.MultiTaskModule`` is called as
             ``model(x, task_labels)``, any other module as ``model(x)``.
         optimizer: optimizer over the model's parameters; parameters the model grows later
-            (new heads) join it, and its state is kept across experiences.
+            (new heads) join it. Its state (momentum buffers, Adam moments) is kept across
+            experiences unless ``reset_optimizer``.
         criterion: loss function ``criterion(output, targets)``.
         train_mb_size, train_epochs, eval_mb_size: minibatch sizes and epochs per experience.
         device: where the model and the data of each experience live.
@@ -73,6 +74,13 @@ class BaseStrategy:
         eval_every: -1 never evaluates during ``train``; 0 evaluates ``eval_streams`` after
             every experience; k > 0 every k epochs.
         num_workers: DataLoader workers for datasets that are not tensors.
+        reset_optimizer: clear the optimizer's state (momentum buffers, Adam moments, step
+            counts) at the start of every training experience, after model adaptation and
+            before ``before_training_exp``, as Avalanche up to 0.3 always did (0.4 to 0.6 do it
+            only when ``train`` is given ``reset_optimizer_state=True``). The default,
+            ``False``, keeps the state across experiences. Hyperparameters in
+            ``param_groups`` (learning rate, momentum factor) are never touched. What each
+            reference implementation does, and the measured effect: ``docs/methods.md``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -80,7 +88,8 @@ class BaseStrategy:
                  train_mb_size: int = 1, train_epochs: int = 1, eval_mb_size: int = 1,
                  device: str | torch.device = "cpu",
                  plugins: Sequence[StrategyPlugin] | None = None, evaluator: Any = None,
-                 eval_every: int = -1, *, num_workers: int = 0) -> None:
+                 eval_every: int = -1, *, num_workers: int = 0,
+                 reset_optimizer: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -94,6 +103,7 @@ class BaseStrategy:
         self.eval_mb_size = check_int("eval_mb_size", eval_mb_size, minimum=1)
         self.eval_every = check_int("eval_every", eval_every, minimum=-1)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        self.reset_optimizer = check_bool("reset_optimizer", reset_optimizer)
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
@@ -209,6 +219,8 @@ class BaseStrategy:
         self._fire("after_train_dataset_adaptation")
         self.model_adaptation(exp)
         self.make_optimizer()
+        if self.reset_optimizer:  # the experience starts from a fresh optimizer's state
+            self.optimizer.state.clear()
         self.model.train()
         self._fire("before_training_exp")
         for _ in range(self.train_epochs):
@@ -276,7 +288,8 @@ class BaseStrategy:
     def make_optimizer(self) -> None:
         """Add parameters the model grew to the optimizer and drop ones it no longer has.
 
-        Optimizer state of parameters that stay is kept, unlike Avalanche 0.6, which resets it.
+        Optimizer state of parameters that stay is kept (as Avalanche 0.4-0.6 do by default);
+        the loop clears it at each experience when the strategy has ``reset_optimizer``.
         """
         current = list(self.model.parameters())
         current_ids = {id(p) for p in current}

@@ -268,7 +268,7 @@ def run_study(prepared: PreparedRun, *, address: str | None = None,
     if prepared.next_batch(set()) is None:
         done = len(prepared.store.done_keys())
         print(f"study {prepared.study.name}: all {done} trials are done already", file=out)
-        prepared.store.set_selection(prepared.selection())
+        prepared.store.set_derived(prepared.derived())
         return _outcome(prepared, [], start, False, out)
 
     import ray
@@ -366,11 +366,11 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
                 run.expected += total
                 run.ended += progress.done - already + progress.errored
                 first_phase = False
-                store.set_selection(prepared.selection())
+                store.set_derived(prepared.derived())
     finally:
         if fitting:  # whatever was recorded before an error or Ctrl-C
             try:
-                store.set_selection(prepared.selection())
+                store.set_derived(prepared.derived())
                 store.write()
             except OSError as err:
                 write_error = f"cannot write the results to {store.uri}: " \
