@@ -20,16 +20,16 @@ from raycl.study.schema import (
     ARM,
     AVG_FORGETTING,
     CHOSEN_CONFIG,
-    CONFIRM_MEAN,
-    CONFIRM_STD,
     ERRORED,
     FINAL_AVG_ACCURACY,
+    INTERVAL,
     PEAK_MEMORY_MB,
+    REPORTED_HIGH,
+    REPORTED_LOW,
     REPORTED_MEAN,
     REPORTED_METRIC,
     REPORTED_N,
     REPORTED_PHASE,
-    REPORTED_STD,
     SEED,
     SELECTION_METRIC,
     SELECTION_SPLIT,
@@ -39,8 +39,10 @@ from raycl.study.schema import (
     TRAIN_TIME_S,
     TRIAL_ID,
     VALID,
+    VERDICT,
     split_column,
 )
+from raycl.study.stats import COMPARISON_COLUMNS
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,8 +52,10 @@ TEST_ACCURACY = split_column(TEST, FINAL_AVG_ACCURACY)
 VALID_ACCURACY = split_column(VALID, FINAL_AVG_ACCURACY)
 TEST_FORGETTING = split_column(TEST, AVG_FORGETTING)
 SELECTION_COLUMNS = (ARM, SELECTION_SPLIT, SELECTION_METRIC, SELECTION_VALUE, CHOSEN_CONFIG,
-                     REPORTED_METRIC, REPORTED_MEAN, REPORTED_STD, REPORTED_N, REPORTED_PHASE,
-                     CONFIRM_MEAN, CONFIRM_STD)
+                     REPORTED_METRIC, REPORTED_MEAN, REPORTED_LOW, REPORTED_HIGH, INTERVAL,
+                     REPORTED_N, VERDICT, REPORTED_PHASE)
+# The comparisons the notebook shows (arm vs reference: the difference, its interval, p-values).
+SHOWN_COMPARISONS = tuple(c for c in COMPARISON_COLUMNS if c not in ("statistic", "test", "note"))
 
 SETUP = '''import os
 
@@ -67,8 +71,10 @@ import raycl.analysis as rca
 if not Path(STUDY_DIR).exists() and Path("..", STUDY_DIR).exists():
     STUDY_DIR = str(Path("..", STUDY_DIR))
 results = rca.load_study(STUDY_DIR)
-# selection: one row per arm (selection.parquet), empty when the study has not chosen configs.
+# selection: one row per arm (selection.parquet), empty when the study has not chosen configs;
+# comparisons: the paired tests behind its verdicts; settings: study.json by study name.
 trials, matrix, selection = results.trials, results.matrix, results.selection
+comparisons, settings = results.comparisons, results.study_settings
 print(f"{{len(trials)}} trials, {{int((trials.{STATUS} == '{ERRORED}').sum())}} errored, "
       f"arms: {{sorted(trials.{ARM}.unique())}}")
 if (selection.{SELECTION_SPLIT} == "{TEST}").any():
@@ -78,12 +84,19 @@ _COLUMN_LIST = textwrap.fill(", ".join(f'"{c}"' for c in SELECTION_COLUMNS), wid
                              initial_indent="    ", subsequent_indent="    ")
 PER_ARM = f'''columns = [
 {_COLUMN_LIST}]
-if len(selection):  # the config the study chose on validation, and its test figures
+if len(selection):  # the config the study chose on validation, its test figure and interval
     table = selection[columns].sort_values("{REPORTED_MEAN}", ascending=False)
 else:  # no selection.parquet: the best search config by its test mean (chosen on test!)
     table = rca.summary(rca.search_trials(trials), metric="{TEST_ACCURACY}", mode="max")
     table = table.assign(best_config=table.best_config.map(rca.format_config))
 table'''
+
+_SHOWN = textwrap.fill(", ".join(f'"{c}"' for c in SHOWN_COMPARISONS), width=88,
+                       initial_indent="    ", subsequent_indent="    ")
+COMPARISONS = f'''# The paired tests behind the verdicts: each arm against the best arm and the
+# baseline, over the seeds both ran (mean difference, its 95% t interval, Holm p-values).
+comparisons[[
+{_SHOWN}]]'''
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     "compare_arms": [
@@ -97,8 +110,10 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", SETUP),
         ("code", LOAD),
         ("code", PER_ARM),
+        ("code", COMPARISONS),
         ("markdown", "Average test accuracy on the experiences seen so far, after each experience "
-                     "(each arm's chosen config, mean over seeds, band ±1 std):"),
+                     "(each arm's chosen config, mean over seeds, band: 95% t interval over "
+                     "seeds):"),
         ("code", "rca.plot_avg_accuracy_curves(trials, matrix, selection=selection)"),
         ("code", "rca.plot_accuracy_matrices(trials, matrix, selection=selection)"),
         ("code", "rca.plot_forgetting(trials, matrix, selection=selection)"),
@@ -111,28 +126,30 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     ],
     "sensitivity": [
         ("markdown", "# How sensitive is each strategy to its hyperparameters?\n\nThe test "
-                     "metric of every search trial against every searched parameter (log axis "
-                     "where the values span decades); the star is the config the study chose on "
-                     "validation (`selection.parquet`). Set `STUDY_DIR` below (or "
-                     "`RAYCL_STUDY_DIR`)."),
+                     "metric of every search trial against each parameter an arm searches, one "
+                     "panel per arm and parameter (log axis for a parameter searched on a log "
+                     "scale, from `study.json`; circles: configs with their 95% t interval over "
+                     "seeds); the star is the config the study chose on validation "
+                     "(`selection.parquet`). Set `STUDY_DIR` below (or `RAYCL_STUDY_DIR`)."),
         ("code", SETUP),
         ("code", LOAD),
         ("code", f'configs = rca.config_table(rca.search_trials(trials), metric="{TEST_ACCURACY}")'
                  f'\nconfigs.sort_values(["{ARM}", "mean"], ascending=[True, False])'),
         ("code", f'rca.plot_sensitivity(trials, metric="{TEST_ACCURACY}", mode="max", '
-                 'selection=selection)'),
+                 'selection=selection,\n                 settings=settings)'),
         ("markdown", "What the choice saw: the same on the validation split. Where the star is "
                      "not the highest point on test, validation and test disagree:"),
         ("code", f'rca.plot_sensitivity(trials, metric="{VALID_ACCURACY}", mode="max", '
-                 'selection=selection)'),
+                 'selection=selection,\n                 settings=settings)'),
         ("markdown", "Test forgetting (lower is better):"),
         ("code", f'rca.plot_sensitivity(trials, metric="{TEST_FORGETTING}", mode="min", '
-                 'selection=selection)'),
+                 'selection=selection,\n                 settings=settings)'),
     ],
     "cost": [
         ("markdown", "# What does each strategy cost?\n\nTest accuracy of every search trial "
                      "against training time and peak memory; the Pareto front holds the trials "
-                     "no other trial beats on both. Set `STUDY_DIR` below (or "
+                     "no other trial beats on both; diamonds are each arm's chosen config with "
+                     "95% t intervals over seeds. Set `STUDY_DIR` below (or "
                      "`RAYCL_STUDY_DIR`)."),
         ("code", SETUP),
         ("code", LOAD),
@@ -141,7 +158,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  f'"{PEAK_MEMORY_MB}")\n'
                  '                if c in done.columns]\n'
                  f'done.groupby("{ARM}")[cost_columns].agg(["mean", "std"]).round(3)'),
-        ("code", f'rca.plot_cost(trials, metric="{TEST_ACCURACY}", mode="max")'),
+        ("code", f'rca.plot_cost(trials, metric="{TEST_ACCURACY}", mode="max", '
+                 'selection=selection)'),
         ("markdown", "The search trials on the time/accuracy Pareto front:"),
         ("code", f'front = rca.pareto_front(done, cost="{TRAIN_TIME_S}", '
                  f'metric="{TEST_ACCURACY}")\n'

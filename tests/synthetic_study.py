@@ -44,6 +44,8 @@ from raycl.study.schema import (
     FINAL_METRICS,
     SCHEMA_VERSION,
     SEARCH,
+    SELECTION_HEAD,
+    SELECTION_TAIL,
     SPLITS,
     TEST,
     VALID,
@@ -322,7 +324,11 @@ def make_synthetic_study_tables(
             "confirm_n": confirm_stats[2],
             "schema_version": SCHEMA_VERSION,
         })
-    selection_frame = pd.DataFrame(selection)
+    # The schema's columns in its order; one this model has no value for (e.g. intransigence,
+    # which needs a joint arm) is missing, as the study writes it.
+    params = [f"param_{p}" for p in param_names]
+    selection_frame = pd.DataFrame(selection).reindex(
+        columns=[*SELECTION_HEAD, *params, *SELECTION_TAIL])
     comparisons = synthetic_comparisons(study, pd.concat(reported_runs, ignore_index=True))
     verdicts = _verdicts(comparisons)
     selection_frame["verdict"] = [verdicts.get(a, "") for a in selection_frame["arm"]]

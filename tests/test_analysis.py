@@ -13,10 +13,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_study import make_synthetic_tables, study_results, write_synthetic_study
+from synthetic_study import (
+    MATCHED_ARMS,
+    make_synthetic_study_tables,
+    make_synthetic_tables,
+    study_results,
+    synthetic_settings,
+    write_synthetic_study,
+)
 
 import raycl.analysis as rca
 from raycl.study.schema import SELECTION_HEAD, SELECTION_TAIL
+from raycl.study.stats import COMPARISON_COLUMNS
 
 TRIALS_COLUMNS = ("study", "trial_id", "phase", "arm", "seed", "status", "error",
                   "experiences_done", "test_final_avg_accuracy", "test_avg_forgetting",
@@ -115,6 +123,45 @@ def test_load_study_tolerates_missing_files_and_columns(tmp_path: Path) -> None:
     assert [ax.get_xlabel() for ax in fig.axes] == ["training time (s)"]
     with pytest.raises(FileNotFoundError, match="trials.parquet"):
         rca.load_study(tmp_path / "nothing_here")
+
+
+def test_load_study_reads_comparisons_and_settings(tmp_path: Path) -> None:
+    tables = make_synthetic_study_tables(study="a")
+    results = rca.load_study(write_synthetic_study(tmp_path / "a", study="a"))
+    pd.testing.assert_frame_equal(results.comparisons, tables["comparisons"])
+    assert results.settings == synthetic_settings(study="a")
+    assert results.study_settings == {"a": results.settings}
+    arms = {arm["name"]: arm for arm in results.settings["arms"]}
+    assert arms["online_ewc"]["log_scale"] == ["ewc_lambda"]
+    assert arms["online_ewc"]["space"]["decay_factor"].startswith("uniform(")
+    # Code that unpacked the four tables keeps working.
+    trials, matrix, curves, selection = results
+    assert trials is results.trials and selection is results.selection
+    assert len(results) == 4 and results[1] is results.matrix
+    # Only the Parquet metadata holds the settings (study.json not copied): read from there.
+    meta = rca.load_study(write_synthetic_study(tmp_path / "m", study="m", settings="metadata"))
+    assert meta.settings == synthetic_settings(study="m")
+    # Neither, and no comparisons: empty, with the columns downstream code selects.
+    bare = rca.load_study(write_synthetic_study(tmp_path / "b", study="b", settings=None,
+                                                with_selection=False))
+    assert bare.settings == {} and bare.study_settings == {}
+    assert bare.comparisons.empty
+    assert list(bare.comparisons.columns) == ["study", *COMPARISON_COLUMNS]
+    # Several studies: comparisons concatenated, the first study's settings, each by name.
+    both = rca.load_study([tmp_path / "a", tmp_path / "m", tmp_path / "b"])
+    assert set(both.comparisons["study"]) == {"a", "m"}
+    assert len(both.comparisons) == 2 * len(tables["comparisons"])
+    assert both.settings == results.settings
+    assert set(both.study_settings) == {"a", "m"}
+    assert both.study_settings["m"]["name"] == "m"
+    # A broken study.json is an error that names the file, on one line.
+    (tmp_path / "a" / "study.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ValueError, match="study.json must hold a JSON object"):
+        rca.load_study(tmp_path / "a")
+    (tmp_path / "a" / "study.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ValueError, match="study.json is not valid JSON") as error:
+        rca.load_study(tmp_path / "a")
+    assert "\n" not in str(error.value)
 
 
 def test_load_study_rejects_a_table_without_required_columns(tmp_path: Path) -> None:
@@ -392,7 +439,7 @@ def test_best_config_figures_use_the_config_chosen_on_validation(
     assert "(mean of 2 seeds)" in matrices.axes[0].get_title()
     # The sensitivity star marks the chosen config, at its search runs' mean test value.
     sensitivity = rca.plot_sensitivity(synth.trials, selection=synth.selection)
-    panel = next(ax for ax in sensitivity.axes if ax.get_title() == "si_lambda")
+    panel = next(ax for ax in sensitivity.axes if ax.get_title() == "si: si_lambda")
     stars = [c for c in panel.collections if isinstance(c, PathCollection)
              and len(c.get_sizes()) and c.get_sizes()[0] == 220]
     assert len(stars) == 1
@@ -413,6 +460,129 @@ def test_figures_say_when_configs_were_chosen_on_test(tmp_path: Path) -> None:
     test_best = rca.summary(rca.search_trials(results.trials)).set_index("arm")
     for (_, arm), config in rca.chosen_configs(results.selection).items():
         assert config == test_best.loc[arm, "best_config"]
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def _t_interval(values: Any) -> tuple[float, float]:
+    """scipy's Student-t 95 % interval of the mean of ``values``."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    return stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+
+
+def test_mean_intervals_are_scipy_t_intervals() -> None:
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"arm": ["a"] * 3 + ["b"] * 5 + ["c"],
+                          "x": np.r_[rng.normal(0.5, 0.1, 8), 0.7]})
+    table = rca.mean_intervals(frame, "arm", "x")
+    assert list(table.index) == ["a", "b", "c"]
+    for arm, rows in frame.groupby("arm"):
+        if len(rows) > 1:
+            assert (table.loc[arm, "low"], table.loc[arm, "high"]) == pytest.approx(
+                _t_interval(rows["x"]))
+        assert table.loc[arm, "mean"] == pytest.approx(rows["x"].mean())
+        assert table.loc[arm, "n"] == len(rows)
+    assert math.isnan(table.loc["c", "low"]) and math.isnan(table.loc["c", "std"])
+    two = rca.mean_intervals(frame.assign(k=[0, 1] * 4 + [0]), ["arm", "k"], "x")
+    assert two.index.names == ["arm", "k"] and len(two) == 5
+
+
+def _band(ax: Any, color: str) -> dict[float, tuple[float, float]]:
+    """x -> (low, high) of the fill_between band drawn in ``color``."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_hex
+
+    band = next(c for c in ax.collections if isinstance(c, PolyCollection)
+                and to_hex(c.get_facecolor()[0]) == color)
+    vertices = band.get_paths()[0].vertices
+    return {float(x): (vertices[vertices[:, 0] == x, 1].min(),
+                       vertices[vertices[:, 0] == x, 1].max()) for x in np.unique(vertices[:, 0])}
+
+
+def test_figures_draw_t_intervals_over_seeds(synth: rca.StudyResults) -> None:
+    """Every spread drawn for an arm is scipy's 95 % t interval over its seeds, and the figure
+    says so."""
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    best = rca.best_trials(synth.trials, selection=synth.selection)
+    # Average accuracy curves: the band at each experience.
+    fig = rca.plot_avg_accuracy_curves(synth.trials, synth.matrix, selection=synth.selection)
+    ax = fig.axes[0]
+    assert "band: 95% t interval over 2 seeds" in ax.get_title()
+    assert "band: 95% t interval over 2 seeds" in [t.get_text()
+                                                    for t in ax.get_legend().get_texts()]
+    for arm, runs in best.groupby("arm"):
+        matrices = [rca.accuracy_matrix(synth.matrix, r.trial_id, seed=r.seed)
+                    for r in runs.itertuples()]
+        band = _band(ax, rca.arm_color(arm))
+        for t in range(5):
+            seen = [m.iloc[t, : t + 1].mean() for m in matrices]
+            assert band[float(t)] == pytest.approx(_t_interval(seen)), (arm, t)
+    # Forgetting: the error bar of each arm's mean group.
+    fig = rca.plot_forgetting(synth.trials, synth.matrix, selection=synth.selection)
+    ax = fig.axes[0]
+    assert "error bars: 95% t interval over 2 seeds" in ax.get_title()
+    bars = {c.get_label(): c for c in ax.containers if isinstance(c, BarContainer)}
+    for arm, runs in best.groupby("arm"):
+        forgetting = []
+        for r in runs.itertuples():
+            m = rca.accuracy_matrix(synth.matrix, r.trial_id, seed=r.seed).to_numpy()
+            forgetting.append(np.mean([m[j:-1, j].max() - m[-1, j] for j in range(4)]))
+        segments = bars[arm].errorbar.lines[2][0].get_segments()
+        low, high = segments[-1][:, 1]  # the last group: the mean over experiences
+        assert (low, high) == pytest.approx(_t_interval(forgetting)), arm
+    # Sensitivity: each config's bar over its search seeds.
+    fig = rca.plot_sensitivity(synth.trials, selection=synth.selection, settings=synth.settings)
+    assert "circles: configs, mean over seeds with 95% t interval over 2–3 seeds" in (
+        fig.get_suptitle())
+    panel = next(ax for ax in fig.axes if ax.get_title() == "si: si_lambda")
+    errorbar = next(c for c in panel.containers if isinstance(c, ErrorbarContainer))
+    drawn = {round(float(seg[0, 0]), 9): tuple(seg[:, 1])
+             for seg in errorbar.lines[2][0].get_segments()}
+    search = rca.completed_trials(rca.search_trials(synth.trials))
+    for value, rows in search[search["arm"] == "si"].groupby("param_si_lambda"):
+        assert drawn[round(float(value), 9)] == pytest.approx(
+            _t_interval(rows["test_final_avg_accuracy"]))
+    # Cost: each arm's chosen config, both axes.
+    fig = rca.plot_cost(synth.trials, selection=synth.selection)
+    ax = fig.axes[0]
+    assert "each arm's chosen config: mean, 95% t interval over 2 seeds" in [
+        t.get_text() for t in fig.legends[0].get_texts()]
+    diamonds = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(diamonds) == 4
+    runs = best[best["arm"] == "si"]
+    si = next(c for c in diamonds
+              if c.lines[0].get_ydata()[0] == pytest.approx(runs["test_final_avg_accuracy"].mean()))
+    x_bar, y_bar = (lines.get_segments()[0] for lines in si.lines[2])
+    assert tuple(x_bar[:, 0]) == pytest.approx(_t_interval(runs["train_time_s"]))
+    assert tuple(y_bar[:, 1]) == pytest.approx(_t_interval(runs["test_final_avg_accuracy"]))
+
+
+def test_one_seed_draws_no_interval(tmp_path: Path) -> None:
+    results = rca.load_study(write_synthetic_study(tmp_path / "one", seeds=(0,),
+                                                   confirm_seeds=(), with_error=False))
+    fig = rca.plot_avg_accuracy_curves(results.trials, results.matrix,
+                                       selection=results.selection)
+    assert "one seed per arm: no interval shown" in fig.axes[0].get_title()
+    assert not fig.axes[0].collections  # no band
+    fig = rca.plot_forgetting(results.trials, results.matrix, selection=results.selection)
+    assert "one seed per arm: no interval shown" in fig.axes[0].get_title()
+
+
+def test_matched_params() -> None:
+    tables = make_synthetic_study_tables(arms=MATCHED_ARMS, study="gem")
+    assert rca.matched_params(tables["trials"]) == ["param_patterns_per_experience"]
+    # Searched parameters vary within an arm; a constant of a single arm sets nothing apart.
+    assert rca.matched_params(make_synthetic_tables()[0]) == []
+    one = tables["trials"][tables["trials"]["arm"].isin(["naive", "gem_m16"])]
+    assert rca.matched_params(one) == []
+    # One value everywhere is no grouping either.
+    same = tables["trials"].assign(param_patterns_per_experience=lambda f: f[
+        "param_patterns_per_experience"].where(f["param_patterns_per_experience"].isna(), 16.0))
+    assert rca.matched_params(same) == []
 
 
 # --------------------------------------------------------------------------- Pareto front
@@ -513,7 +683,11 @@ def test_study_figures_are_labelled(synth: rca.StudyResults) -> None:
         assert "excluded: 1 errored trial" in title, name
         for ax in fig.axes:
             if ax.get_visible() and ax.get_label() != "<colorbar>" and ax.has_data():
-                assert ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+                assert ax.get_xlabel(), (name, ax.get_title())
+                # Panels that share their y axis name it once, in the first column.
+                spec = ax.get_subplotspec()
+                if spec is None or spec.is_first_col():
+                    assert ax.get_ylabel(), (name, ax.get_title())
 
 
 def test_figures_exclude_errored_and_incomplete_trials(synth: rca.StudyResults) -> None:
@@ -548,11 +722,77 @@ def test_plot_sensitivity_axes(hand_trials: pd.DataFrame) -> None:
     trials = pd.concat([hand_trials, pd.DataFrame(rows)], ignore_index=True)
     fig = rca.plot_sensitivity(trials)
     axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
-    assert set(axes) == {"ewc_lambda", "lr", "decay", "policy"}
-    assert axes["lr"].get_xscale() == "log" and axes["decay"].get_xscale() == "linear"
-    assert [t.get_text() for t in axes["policy"].get_xticklabels()] == ["class", "experience"]
+    # One panel per arm and parameter it searches; naive searches nothing.
+    assert set(axes) == {"ewc: ewc_lambda", "replay: lr", "replay: decay", "replay: policy"}
+    # No study.json: the scale is guessed from the values.
+    assert axes["replay: lr"].get_xscale() == "log"
+    assert axes["replay: decay"].get_xscale() == "linear"
+    assert [t.get_text() for t in axes["replay: policy"].get_xticklabels()] == [
+        "class", "experience"]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert {"ewc", "replay", "naive (no parameters)", "best config of each arm"} <= set(labels)
+    assert {"ewc", "replay", "naive (searches nothing: mean)",
+            "best config of each arm"} <= set(labels)
+    assert "values spanning decades (no study.json)" in fig.get_suptitle()
+
+
+def _arm_points(ax: Any) -> np.ndarray:
+    """The x of the trial dots of a sensitivity panel (its faint scatter)."""
+    from matplotlib.collections import PathCollection
+
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)
+            and len(c.get_sizes()) and c.get_sizes()[0] == 14]
+    return np.sort(np.concatenate([c.get_offsets()[:, 0] for c in dots]))
+
+
+def test_sensitivity_log_axis_follows_study_json() -> None:
+    """An arm's parameter is on a log axis when study.json says it is searched on a log scale,
+    whatever its values span; a uniform one is linear even across three decades; arms sharing
+    a parameter name keep their own panels."""
+    rng = np.random.default_rng(5)
+    narrow = np.exp(rng.uniform(np.log(2.0), np.log(8.0), 4))  # log-uniform, < 1 decade
+    wide = np.array([1.0, 250.0, 600.0, 1000.0])  # uniform over three decades
+    rows = [_trial("a", seed, 0.5 + 0.01 * i + seed / 100, lr=float(x))
+            for seed in (0, 1) for i, x in enumerate(narrow)]
+    rows += [_trial("b", seed, 0.4 + 0.01 * i + seed / 100, lr=float(x))
+             for seed in (0, 1) for i, x in enumerate(wide)]
+    rows += [_trial("c", seed, 0.3, lr=float(x))
+             for seed in (0, 1) for x in (1e-3, 1e-2, 1e-1, 1.0)]
+    trials = pd.DataFrame(rows)
+    settings = {"name": "hand", "arms": [
+        {"name": "a", "space": {"lr": "loguniform(2, 8)"}, "log_scale": ["lr"]},
+        {"name": "b", "space": {"lr": "uniform(1, 1000)"}, "log_scale": []},
+        {"name": "c", "space": {"lr": "grid_search([0.001, 0.01, 0.1, 1.0])"},
+         "log_scale": []},
+    ]}
+    fig = rca.plot_sensitivity(trials, settings=settings)
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert set(axes) == {"a: lr", "b: lr", "c: lr"}  # not pooled into one "lr" panel
+    assert axes["a: lr"].get_xscale() == "log"
+    assert axes["b: lr"].get_xscale() == "linear"
+    # A grid declares no scale: the values decide (four decades: log).
+    assert axes["c: lr"].get_xscale() == "log"
+    assert "searched on a log scale (study.json)" in fig.get_suptitle()
+    np.testing.assert_allclose(_arm_points(axes["a: lr"]), np.sort(np.tile(narrow, 2)))
+    np.testing.assert_allclose(_arm_points(axes["b: lr"]), np.sort(np.tile(wide, 2)))
+    # Without study.json the values decide, the other way round for both.
+    guessed = {ax.get_title(): ax.get_xscale()
+               for ax in rca.plot_sensitivity(trials).axes if ax.get_visible()}
+    assert guessed == {"a: lr": "linear", "b: lr": "log", "c: lr": "log"}
+    # The settings as load_study gives them for several studies: by study name.
+    by_study = rca.plot_sensitivity(trials, settings={"hand": settings})
+    assert {ax.get_title(): ax.get_xscale() for ax in by_study.axes if ax.get_visible()} == {
+        "a: lr": "log", "b: lr": "linear", "c: lr": "log"}
+    assert rca.param_log_scale("lr", narrow, settings["arms"][0])
+    assert not rca.param_log_scale("lr", wide, settings["arms"][1])
+    assert not rca.param_log_scale("lr", narrow) and rca.param_log_scale("lr", wide)
+
+
+def test_sensitivity_of_the_synthetic_study_uses_its_study_json(
+        synth: rca.StudyResults) -> None:
+    fig = rca.plot_sensitivity(synth.trials, selection=synth.selection, settings=synth.settings)
+    scales = {ax.get_title(): ax.get_xscale() for ax in fig.axes if ax.get_visible()}
+    assert scales == {"ewc: ewc_lambda": "log", "online_ewc: ewc_lambda": "log",
+                      "online_ewc: decay_factor": "linear", "si: si_lambda": "log"}
 
 
 def test_figures_of_several_studies(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from synthetic_study import REPO, study_results, write_synthetic_study
+from synthetic_study import MATCHED_ARMS, REPO, study_results, write_synthetic_study
 
 import raycl.analysis as rca
 import raycl.report as report
@@ -122,8 +122,8 @@ def test_report_table_comes_from_the_selection(tmp_path: Path) -> None:
     assert 'data-source="selection"' in table
     assert 'class="banner"' not in page  # chosen on validation: nothing to warn about
     header = re.findall(r"<th>([^<]+)</th>", table)
-    assert header == ["arm", "protocol", "chosen config", "selected on", "reported figure", "n",
-                      "reported phase", "confirmation"]
+    assert header == ["arm", "chosen config", "selected on", "reported mean [interval]",
+                      "interval", "n", "verdict"]
     rows = table.split("<tr")[2:]
     assert len(rows) == len(results.selection)
     selection = results.selection.set_index("arm")
@@ -134,16 +134,118 @@ def test_report_table_comes_from_the_selection(tmp_path: Path) -> None:
         chosen = selection.loc[arm]
         cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
         config = rca.format_config(json.loads(chosen["chosen_config"]))
-        assert html.unescape(cells[2]) == config
+        assert html.unescape(cells[1]) == config
         searched = "1 config" if arm == "naive" else "3 configs"
-        assert cells[3] == ("<strong>valid</strong>: valid_final_avg_accuracy = "
-                            f"{chosen['selection_value']:.4f} ({searched})")
-        assert f"test_final_avg_accuracy <span class=\"num\">{chosen['reported_mean']:.4f} ± " \
-            f"{chosen['reported_std']:.4f}</span>" == cells[4]
-        assert cells[5:7] == [str(chosen["reported_n"]), "confirm"]
-        assert cells[7] == f"{chosen['confirm_mean']:.4f} ± {chosen['confirm_std']:.4f} (n=2)"
+        assert cells[2] == (f'<strong>valid</strong> <span class="num">'
+                            f"{chosen['selection_value']:.4f}</span><br><span class=\"small\">"
+                            f"valid_final_avg_accuracy, {searched}</span>")
+        # The reported mean with its confidence interval, and how it was computed.
+        assert cells[3] == (f"{chosen['reported_mean']:.4f} <span class=\"ci\">"
+                            f"[{chosen['reported_low']:.4f}, {chosen['reported_high']:.4f}]"
+                            "</span><br><span class=\"small\">test_final_avg_accuracy, "
+                            "confirm runs</span>")
+        assert cells[4] == "95% t"
+        verdict = "<br>".join(html.escape(part) for part in chosen["verdict"].split("; "))
+        assert cells[5:7] == [str(chosen["reported_n"]), verdict]
+        assert "±" not in row  # an interval, not mean ± std
     # The figure shown is the reported one, not the search mean of the chosen config.
     assert f"{selection.loc['ewc', 'search_test_mean']:.4f}" not in table
+    # The command's page has the comparisons and the settings too.
+    assert "<h2>Paired comparisons</h2>" in page and '<h2 id="settings">Settings</h2>' in page
+
+
+def _section(page: str, start: str, end: str = "</table>") -> str:
+    part = page[page.index(start):]
+    return part[:part.index(end)]
+
+
+def _page(study: Path) -> str:
+    """The report page of ``study`` as write_report writes it, without rendering figures."""
+    results = rca.load_study(study)
+    table = rca.summary(rca.search_trials(results.trials))
+    return report.render_html(results.trials, table, [f"{s}.png" for s in report.FIGURES],
+                              str(study), results.selection, results.comparisons,
+                              results.study_settings)
+
+
+def test_report_shows_comparisons_and_settings(tmp_path: Path) -> None:
+    study = Path(write_synthetic_study(tmp_path / "s"))
+    results = rca.load_study(study)
+    page = _page(study)
+    # The verdicts are in the per-arm table, the tests behind them in a table below it.
+    summary = _table(page)
+    for verdict in results.selection["verdict"]:
+        assert html.escape(verdict.split(";")[0]) in summary
+    assert page.index('<table class="summary"') < page.index("<h2>Paired comparisons</h2>")
+    comparisons = _section(page, '<table class="comparisons">')
+    assert re.findall(r"<th>([^<]+)</th>", comparisons) == [
+        "arm", "vs", "shared seeds", "mean difference (arm − vs) [interval]", "p", "Holm p",
+        "significant", "note"]
+    rows = comparisons.split("<tr")[2:]
+    assert len(rows) == len(results.comparisons)
+    drawn = {tuple(re.findall(r"<td[^>]*>(.*?)</td>", r)[:2]): r for r in rows}
+    for c in results.comparisons.itertuples():
+        row = drawn[(c.arm, f"{c.reference} ({c.reference_kind})")]
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        assert cells[2] == str(c.n_pairs)
+        assert cells[3] == (f"{c.mean_diff:+.4f} <span class=\"ci\">[{c.diff_low:+.4f}, "
+                            f"{c.diff_high:+.4f}]</span>")
+        assert cells[4:6] == [f"{c.p_value:.3g}", f"{c.p_holm:.3g}"]
+        assert cells[6] == ("<strong>yes</strong>" if c.significant else "no")
+    assert results.comparisons["significant"].any()  # both kinds of row are shown
+    assert "paired t-test" in page and "Holm" in page
+    # Settings from study.json, at the end.
+    settings = page[page.index('<h2 id="settings">'):]
+    assert page.index("<h2>Figures</h2>") < page.index('<h2 id="settings">')
+    facts = dict(re.findall(r"<tr><th>([^<]+)</th><td>(.*?)</td></tr>", settings))
+    assert facts["benchmark"].startswith("name=split_digits, n_experiences=5")
+    assert facts["model"].startswith("name=auto") and "name=sgd" in facts["optimizer"]
+    assert "selection=valid" in facts["selection protocol"]
+    assert facts["seeds"] == "[0, 1, 2]" and facts["confirm seeds"] == "[10, 11]"
+    assert "torch=2.13.0+cpu" in facts["versions"]
+    assert results.settings["study_file_sha256"] in facts["study file"]
+    arms = _section(settings, '<table class="arms">')
+    assert "<code>ewc_lambda</code></td><td><code>loguniform(1, 10000)</code></td><td>log" in arms
+    assert "<code>decay_factor</code></td><td><code>uniform(0.5, 1)</code></td><td></td>" in arms
+    assert "(no parameters)" in arms
+    # A study without study.json or comparisons (older results): no such sections.
+    old = Path(write_synthetic_study(tmp_path / "old", settings=None))
+    (old / "comparisons.parquet").unlink()
+    page = _page(old)
+    assert "Paired comparisons" not in page and 'id="settings"' not in page
+    assert 'data-source="selection"' in page
+
+
+def test_report_groups_arms_at_matched_memory(tmp_path: Path) -> None:
+    study = Path(write_synthetic_study(tmp_path / "gem", study="gem", arms=MATCHED_ARMS))
+    results = rca.load_study(study)
+    page = _page(study)
+    table = _table(page)
+    header = re.findall(r"<th>([^<]+)</th>", table)
+    assert header[:2] == ["arm", "patterns_per_experience"]
+    rows = table.split("<tr")[2:]
+    arms = [re.search(r"</span>([^<]+)</td>", r)[1] for r in rows]  # type: ignore[index]
+    memory = [re.findall(r"<td[^>]*>(.*?)</td>", r)[1] for r in rows]
+    # Methods at the same memory sit together, smallest memory first, the baseline last;
+    # within a group, the best reported figure first.
+    assert memory == ["16", "16", "64", "64", "–"]
+    selection = results.selection.set_index("arm")
+    for group in (arms[:2], arms[2:4]):
+        assert {a.split("_m")[1] for a in group} == {group[0].split("_m")[1]}
+        assert selection.loc[group, "reported_mean"].is_monotonic_decreasing
+    assert arms[-1] == "naive"
+    assert [('class="group-start"' in r.split(">")[0]) for r in rows] == [
+        False, False, True, False, True]
+    assert "grouped by patterns_per_experience" in page
+    # The comparisons follow the same order.
+    comparisons = _section(page, '<table class="comparisons">')
+    first = [re.search(r"<td>([^<]+)</td>", r)[1]  # type: ignore[index]
+             for r in comparisons.split("<tr")[2:]]
+    assert list(dict.fromkeys(first)) == [a for a in arms if a in set(first)]
+    # A study whose arms hold nothing constant gets no such column.
+    plain = Path(write_synthetic_study(tmp_path / "plain"))
+    page = _page(plain)
+    assert "patterns_per_experience" not in page and "group-start" not in _table(page)
 
 
 def test_report_banner_when_configs_were_chosen_on_test(tmp_path: Path) -> None:
@@ -156,7 +258,7 @@ def test_report_banner_when_configs_were_chosen_on_test(tmp_path: Path) -> None:
     assert _table(page).count('<tr class="on-test">') == 4
     # No selection table: the search summary, as before selection existed, and no banner.
     bare = Path(write_synthetic_study(tmp_path / "bare", with_selection=False))
-    page = report.write_report(bare, tmp_path / "out2", dpi=40).read_text(encoding="utf-8")
+    page = _page(bare)
     assert 'data-source="search"' in _table(page) and 'class="banner"' not in page
     assert "<th>test_final_avg_accuracy mean</th>" in page
 

@@ -500,16 +500,24 @@ def _searched_columns(rows: pd.DataFrame, arm: Mapping[str, Any] | None,
     return sorted(declared | varied, key=param_name)
 
 
-def _log_axis(ax: Axes) -> None:
-    ax.set_xscale("log")
-    # Under a few decades matplotlib labels every minor tick in 2x10^-1 style, and the labels
-    # overlap: label 1-2-5 ticks in plain numbers instead.
-    from matplotlib.ticker import FuncFormatter, LogLocator
+def _log_axis(ax: Axes, values: pd.Series) -> None:
+    """A log x axis labelled in plain numbers: 1-2-5 ticks (1-2-3-5 under a decade) where the
+    values span a few decades, decades only beyond (the minor labels would overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    ax.set_xscale("log")
+    array = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    array = array[array > 0]
+    decades = math.log10(array.max() / array.min()) if array.size else 0.0
+    # matplotlib's default labels read 2x10^-1 and overlap under a few decades.
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
-    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-    ax.xaxis.set_minor_formatter(plain)
     ax.xaxis.set_major_formatter(plain)
+    if decades <= 2.0:
+        subs = (2.0, 3.0, 5.0) if decades <= 1.0 else (2.0, 5.0)
+        ax.xaxis.set_minor_locator(LogLocator(subs=subs))
+        ax.xaxis.set_minor_formatter(plain)
+    else:
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_avg_accuracy_curves(trials: pd.DataFrame, matrix: pd.DataFrame,
@@ -702,7 +710,8 @@ def plot_sensitivity(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
     baselines = [lab for lab in order if lab in set(done["label"]) and lab not in with_panels]
     ncols = min(max(len(panels), 1), 3)
     nrows = max(math.ceil(len(panels) / ncols), 1)
-    fig = _new_figure(4.6 * ncols + 0.4, 3.8 * nrows + 1.3)
+    # Wide enough for the titles and legend also with one or two panels.
+    fig = _new_figure(max(4.6 * ncols + 0.4, 9.0), 3.8 * nrows + 1.6)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     values = done[metric]
     handles: dict[str, Any] = {}
@@ -750,7 +759,7 @@ def plot_sensitivity(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
         if categorical:
             ax.set_xticks(range(len(categories)), categories)
         elif param_log_scale(name, present[column], spaces.get(label)):
-            _log_axis(ax)
+            _log_axis(ax, present[column])
         logs.append(ax.get_xscale() == "log")
         ax.set_xlabel(name + (" (log scale)" if ax.get_xscale() == "log" else ""))
         ax.grid(alpha=0.3)
@@ -780,7 +789,7 @@ def plot_sensitivity(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
     if note := _exclusion_note(search, metric):
         notes.append(note)
     _suptitle(fig, f"Sensitivity of {metric_name(metric)} ({metric}) to each searched "
-              "parameter, per arm (search trials)", "; ".join(notes))
+              "parameter, per arm (search trials)", "\n".join(notes))
     return fig
 
 

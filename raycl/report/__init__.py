@@ -89,6 +89,7 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.8em; }
 table { border-collapse: collapse; font-size: 0.92em; }
+.wide { overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.4em;
@@ -231,8 +232,9 @@ def selection_order(selection: pd.DataFrame, group_by: Sequence[str] = ()) -> pd
 def selection_html(selection: pd.DataFrame, multi_study: bool,
                    group_by: Sequence[str] = ()) -> str:
     """The per-arm table of a study's ``selection.parquet``: chosen config, what it was chosen
-    on, the reported mean with its confidence interval, the interval's method, the number of
-    seeds and the verdict; best reported figure first.
+    on, the reported mean with its confidence interval (and the metric and phase it was measured
+    on), the interval's method, the number of seeds and the verdict; best reported figure
+    first.
 
     ``group_by`` (``param_<name>`` columns, e.g. from :func:`raycl.analysis.matched_params`)
     adds a column per parameter and groups rows by it, so that arms at the same memory budget
@@ -245,7 +247,7 @@ def selection_html(selection: pd.DataFrame, multi_study: bool,
     labels = arm_labels(table)
     colors = arm_colors(labels)
     header = [ARM, *(param_name(c) for c in group_by), "chosen config", "selected on",
-              "reported mean [interval]", "interval", "n", "verdict", "reported phase"]
+              "reported mean [interval]", "interval", "n", "verdict"]
     if multi_study:
         header.insert(0, STUDY)
     rows = []
@@ -267,6 +269,8 @@ def selection_html(selection: pd.DataFrame, multi_study: bool,
                      f'<span class="small">{html.escape(str(row.get(SELECTION_METRIC)))}'
                      + (f", {', '.join(counted)}" if counted else "") + "</span>")
         figure, method = _interval_cells(row)
+        phase = ("" if _missing(row.get(REPORTED_PHASE))
+                 else f", {html.escape(str(row.get(REPORTED_PHASE)))} runs")
         verdict = "" if _missing(row.get(VERDICT)) else str(row.get(VERDICT))
         # "≈ best; > baseline": one comparison a line.
         verdict_html = "<br>".join(html.escape(part.strip()) for part in verdict.split(";"))
@@ -277,20 +281,19 @@ def selection_html(selection: pd.DataFrame, multi_study: bool,
             f"<td>{html.escape(chosen_config_text(row))}</td>",
             f"<td>{selected}</td>",
             f'<td class="num nowrap">{figure}<br><span class="small">'
-            f"{html.escape(str(row.get(REPORTED_METRIC)))}</span></td>",
+            f"{html.escape(str(row.get(REPORTED_METRIC)))}{phase}</span></td>",
             f'<td class="nowrap">{method}</td>',
             f'<td class="num">{_count(row.get(REPORTED_N))}</td>',
             f'<td class="verdict nowrap">{verdict_html or "–"}</td>',
-            f"<td>{html.escape(str(row.get(REPORTED_PHASE)))}</td>",
         ]
         if multi_study:
             cells.insert(0, f"<td>{html.escape(str(row[STUDY]))}</td>")
         classes = [c for c, on in (("on-test", on_test), ("group-start", start)) if on]
         rows.append((f'<tr class="{" ".join(classes)}">' if classes else "<tr>")
                     + "".join(cells) + "</tr>")
-    return ('<table class="summary" data-source="selection">\n<thead><tr>'
+    return ('<div class="wide"><table class="summary" data-source="selection">\n<thead><tr>'
             + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-            + "</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table>")
+            + "</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>")
 
 
 def _p_value(value: Any) -> str:
@@ -345,9 +348,9 @@ def comparisons_html(comparisons: pd.DataFrame, multi_study: bool,
             cells.insert(0, f"<td>{html.escape(str(row.get(STUDY)))}</td>")
         rows.append(('<tr class="significant">' if significant else "<tr>")
                     + "".join(cells) + "</tr>")
-    return ('<table class="comparisons">\n<thead><tr>'
+    return ('<div class="wide"><table class="comparisons">\n<thead><tr>'
             + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-            + "</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table>")
+            + "</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>")
 
 
 def _comparisons_intro(comparisons: pd.DataFrame) -> str:

@@ -4,7 +4,8 @@ Exit status: 0 when every trial finished or diverged (a diverged trial is a resu
 hyperparameters, recorded as ERROR with the reason), 1 when some trial failed otherwise or the
 run was interrupted (finish it with ``--resume``; 130 after a second Ctrl-C, which does not wait
 for the running trials to stop), 2 for a study file that does not validate or a
-run that must not start; those print a single line ``error: ...`` on stderr before Ray is started.
+run that must not start (another run holds the study, results there already, a changed study on
+``--resume``); those print a single line ``error: ...`` on stderr before Ray is started.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raycl.study.plan import PreparedRun
 
 
 def _positive_int(text: str) -> int:
@@ -57,7 +62,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("study_file", metavar="STUDY_FILE", help="a study file (studies/*.py)")
     p.add_argument("--address", default=None,
                    help="join a running Ray cluster ('auto' on a cluster node); default: "
-                        "start a local Ray and shut it down at the end")
+                        "the cluster in RAY_ADDRESS if set (Ray jobs set it), else a new local "
+                        "Ray of this study's own (never one already running on the machine), "
+                        "shut down at the end")
     p.add_argument("--storage", default="results", metavar="PATH_OR_URI",
                    help="where results go: a path or a pyarrow URI such as s3://bucket/x "
                         "(default: ./results)")
@@ -72,10 +79,14 @@ def parser() -> argparse.ArgumentParser:
                    help="CPUs per trial (default: the study's, 1)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted study of the same name: finished trials are "
-                        "not rerun and no row is duplicated")
+                        "not rerun and no row is duplicated; refused if the study changed")
+    p.add_argument("--allow-changed", action="store_true",
+                   help="with --resume: accept a study that only widens the search (more "
+                        "num_samples, seeds or confirm_seeds, added arms); never one whose "
+                        "trials would compute something else")
     p.add_argument("--smoke", action="store_true",
-                   help="one sample per arm, one seed, one epoch, as study '<name>-smoke': a "
-                        "seconds-long check")
+                   help="one sample per arm, one seed, one epoch, as study '<name>-smoke' in "
+                        "STORAGE/smoke/<name>/: a seconds-long check")
     p.add_argument("--dashboard-host", default=None, metavar="HOST",
                    help="start Ray's dashboard with the local Ray, listening on HOST "
                         "(127.0.0.1: this machine only; 0.0.0.0 opens it to the network). "
@@ -100,19 +111,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parser().parse_args(argv)
     from raycl.study.loader import StudyError
-    from raycl.study.plan import RunError, arm_budget, prepare_run
-    from raycl.study.summary import describe, resources_text
+    from raycl.study.plan import RunError, prepare_run
 
+    if args.allow_changed and not args.resume:
+        print("error: --allow-changed: only with --resume", file=sys.stderr)
+        return 2
     try:
         prepared = prepare_run(
             args.study_file, storage=args.storage, num_samples=args.num_samples,
             max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
             cpus_per_trial=args.cpus_per_trial, resume=args.resume, smoke=args.smoke,
             check_storage=not args.dry_run, selection=args.selection,
-            confirm_seeds=args.confirm_seeds)
+            confirm_seeds=args.confirm_seeds, allow_changed=args.allow_changed)
     except (StudyError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    with prepared:  # the study folder's lock goes with this process, whatever happens
+        return _run(args, prepared)
+
+
+def _run(args: argparse.Namespace, prepared: PreparedRun) -> int:
+    """Print the dry run, or run the prepared study; the exit status."""
+    from raycl.study.plan import RunError, arm_budget
+    from raycl.study.summary import describe, resources_text
+
     if args.dry_run:
         study = prepared.study
         for line in describe(study, prepared.trials, arm_budget(study), resources_text(study)):
@@ -135,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: finish the study with the same command and --resume",
               file=sys.stderr)
         return 130
+    if outcome.failure:
+        print(f"error: {outcome.failure}", file=sys.stderr)
+        return 1
     failed = outcome.errored - outcome.diverged
     return 1 if (failed or outcome.interrupted) else 0
 

@@ -32,6 +32,7 @@ from raycl.checks import (
     check_seed,
 )
 from raycl.study.protocol import PROTOCOLS
+from raycl.study.results import SMOKE_FOLDER
 from raycl.study.schema import (
     FINAL_METRICS,
     PER_EXPERIENCE_METRICS,
@@ -66,6 +67,11 @@ class StudyError(Exception):
         self.field = field
         self.what = " ".join(str(what).split())  # one line, whatever the cause printed
         super().__init__(f"{self.path}: {self.field}: {self.what}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickles as cls(*self.args), and args holds the joined message only: a
+        # StudyError raised in a trial process must reach the driver whole (Ray pickles it).
+        return type(self), (self.path, self.field, self.what)
 
 
 class _SourceLoader(importlib.abc.SourceLoader):
@@ -174,7 +180,8 @@ def _checked(problems: Problems, field: str, check: Callable[..., Any], value: A
     try:
         check(field, value, *args, **kwargs)
     except (TypeError, ValueError) as err:
-        problems.append((field, str(err).removeprefix(f"{field} ")))
+        short = field.rsplit(".", 1)[-1]  # a check that names the bare parameter
+        problems.append((field, str(err).removeprefix(f"{field} ").removeprefix(f"{short} ")))
         return False
     return True
 
@@ -183,6 +190,8 @@ def _settings_problems(study: Study) -> Problems:
     p: Problems = []
     _check(isinstance(study.name, str) and bool(_NAME.match(study.name)), p, "name",
            f"must be letters, digits, '_', '-' or '.', got {study.name!r}")
+    _check(not isinstance(study.name, str) or study.name.lower() != SMOKE_FOLDER, p, "name",
+           f"{study.name!r} is reserved: --smoke checks go to <storage>/{SMOKE_FOLDER}/<name>/")
     b = study.benchmark
     _check(b.name in BENCHMARKS, p, "benchmark.name",
            f"unknown benchmark {b.name!r}; choose one of {', '.join(BENCHMARKS)}")

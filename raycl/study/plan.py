@@ -10,6 +10,12 @@ Optuna studies choose configs as results arrive; only their budget is known up f
 :class:`PreparedRun`: the validated study, its :class:`TrialSpec` list, its
 :class:`StudySource` (what every trial process loads the study from) and its result store.
 Nothing here starts Ray; :mod:`raycl.tune` executes a prepared run.
+
+A prepared run (unless ``check_storage=False``, as for ``--dry-run``) holds its study folder's
+lock (:class:`raycl.study.results.StudyLock`), taken before anything is written there: a second
+run of the same study is refused until :meth:`PreparedRun.release` (``run_study`` releases it
+when it ends, also on an error or Ctrl-C). ``--resume`` compares the study with the one that
+wrote the results (``raycl.study.settings.study_changes``) and refuses a changed study.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +45,7 @@ from raycl.study.protocol import (
 from raycl.study.protocol import (
     confirm_seeds as confirm_seeds_of,
 )
-from raycl.study.results import ResultStore
+from raycl.study.results import SMOKE_FOLDER, ResultStore, StudyLock, StudyLocked
 from raycl.study.schema import (
     ARM,
     COMPARISONS_TABLE,
@@ -48,7 +56,7 @@ from raycl.study.schema import (
     STATUS,
     TERMINATED,
 )
-from raycl.study.settings import resolved_settings
+from raycl.study.settings import resolved_settings, study_changes
 from raycl.study.spec import (
     Benchmark,
     Model,
@@ -81,8 +89,9 @@ def apply_overrides(study: Study, *, num_samples: int | None = None,
     """A copy of ``study`` with the CLI's options applied.
 
     ``smoke`` gives one sample per arm, the first seed only, one epoch per experience and no
-    confirmation runs, under the name ``<name>-smoke`` so a check never mixes with the real
-    results.
+    confirmation runs, under the name ``<name>-smoke`` (its rows say it is a check);
+    :func:`prepare_run` puts its results in ``<storage>/smoke/<name>/``, a folder no study can
+    have, so a check never mixes with or replaces a study's results.
     """
     changes: dict[str, Any] = {}
     if selection is not None:
@@ -139,7 +148,8 @@ class StudySource:
     The arms' plugin factories are code, so they come from the text, never pickled."""
 
     filename: str
-    """The study file's path on the driver (named in errors and tracebacks)."""
+    """The study file's absolute path on the driver (its ``__file__`` in trial processes;
+    named in errors and tracebacks)."""
     text: str
     """The study file's content, as validated on the driver."""
     settings: dict[str, Any] = field(default_factory=dict)
@@ -176,6 +186,20 @@ class PreparedRun:
     """The first phase's whole trial list (None for Optuna)."""
     settings: dict[str, Any] = field(default_factory=dict)
     """The resolved study (``raycl.study.settings``), saved with the results."""
+    lock: StudyLock | None = None
+    """The study folder's lock, held from :func:`prepare_run` until :meth:`release` (None:
+    prepared without checking the storage, e.g. ``--dry-run``)."""
+
+    def release(self) -> None:
+        """Release the study folder's lock (idempotent; also done at interpreter exit)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> PreparedRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     @property
     def path(self) -> str:
@@ -240,15 +264,22 @@ def prepare_run(path: str | Path, *, storage: str = "results", num_samples: int 
                 cpus_per_trial: float | None = None, resume: bool = False,
                 smoke: bool = False, check_storage: bool = True,
                 selection: str | None = None,
-                confirm_seeds: list[int] | None = None) -> PreparedRun:
+                confirm_seeds: list[int] | None = None,
+                allow_changed: bool = False) -> PreparedRun:
     """Validate the study file and decide the trials, without starting Ray.
 
-    Raises ``StudyError`` for a bad study file and :class:`RunError` when the storage holds
-    results of this study but ``resume`` is False, or holds none and ``resume`` is True.
+    With ``check_storage`` (the default; ``--dry-run`` skips it) it takes the study folder's
+    lock before writing anything there and holds it in the returned run (release it with
+    :meth:`PreparedRun.release`, or let ``run_study`` do it), then checks the storage.
+
+    Raises ``StudyError`` for a bad study file and :class:`RunError` when another live run
+    holds the lock, when the storage holds results of this study but ``resume`` is False, or
+    holds none and ``resume`` is True, and when ``resume`` finds results of a changed study
+    (with ``allow_changed``: of a study that the new one does not only widen).
     """
     text = read_study_file(path)
-    study = apply_overrides(load_study_source(str(path), text, validate=False),
-                            num_samples=num_samples, max_concurrent=max_concurrent,
+    loaded = load_study_source(str(path), text, validate=False)
+    study = apply_overrides(loaded, num_samples=num_samples, max_concurrent=max_concurrent,
                             gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
                             smoke=smoke, selection=selection, confirm_seeds=confirm_seeds)
     validate_study(study, path)  # with the overrides: they are study settings too
@@ -256,28 +287,90 @@ def prepare_run(path: str | Path, *, storage: str = "results", num_samples: int 
     if r.cpus_per_trial == 0 and not r.gpus_per_trial:
         raise RunError("a trial that asks for 0 CPUs must ask for GPUs (--gpus-per-trial)")
     try:
-        store = ResultStore(storage, study.name)
+        store = ResultStore(storage, study.name,
+                            folder=(SMOKE_FOLDER, loaded.name) if smoke else None)
     except ValueError as err:
         raise RunError(f"{path}: name: {err}") from None
-    source = StudySource(str(path), text, settings_of(study))
+    # The absolute path: trial processes run in folders of their own, where a study file's
+    # ``Path(__file__).parent`` must still name the file's folder (on this machine's nodes).
+    source = StudySource(os.path.abspath(path), text, settings_of(study))
     planned = first_trials(study, smoke=smoke)
     trials, skipped = planned, 0
-    if check_storage:
-        _check_storage(store, study.name, storage, resume=resume, smoke=smoke)
-        if resume:
-            try:
-                store.load()
-            except ValueError as err:
-                raise RunError(str(err)) from None
-            done = store.done_keys()
-            if planned is not None:
-                skipped = sum(t.trial_key in done for t in planned)
-                trials = [t for t in planned if t.trial_key not in done]
-            else:
-                skipped = len(done)
     settings = resolved_settings(study, str(path), text, confirm_seeds_of(study))
     store.set_settings(settings)
-    return PreparedRun(study, source, store, trials, skipped, planned, settings)
+    lock = None
+    if check_storage:
+        lock = _take_lock(store, storage)
+        try:
+            _check_storage(store, study.name, storage, resume=resume, smoke=smoke)
+            if resume:
+                try:
+                    store.load()
+                except ValueError as err:
+                    raise RunError(str(err)) from None
+                _check_same_study(store, study.name, settings, allow_changed)
+                done = store.done_keys()
+                if planned is not None:
+                    skipped = sum(t.trial_key in done for t in planned)
+                    trials = [t for t in planned if t.trial_key not in done]
+                else:
+                    skipped = len(done)
+        except BaseException:
+            lock.release()
+            raise
+    return PreparedRun(study, source, store, trials, skipped, planned, settings, lock)
+
+
+def _take_lock(store: ResultStore, storage: str) -> StudyLock:
+    """The study folder's lock, or :class:`RunError` saying who holds it."""
+    try:
+        return store.lock()
+    except StudyLocked as err:
+        raise RunError(str(err)) from None
+    except OSError as err:
+        raise RunError(f"--storage {storage}: cannot write there: "
+                       f"{' '.join(str(err).split())}") from None
+
+
+def _check_same_study(store: ResultStore, name: str, settings: Mapping[str, Any],
+                      allow_changed: bool) -> None:
+    """Refuse to resume results written by another study (see ``study_changes``); with
+    ``allow_changed``, accept a study that only widens the search
+    (``raycl.study.settings.WIDENING``)."""
+    stored = store.stored_settings()
+    if stored is None:
+        if not store.trial_rows():  # nothing finished before (e.g. killed as Tune started)
+            return
+        if not allow_changed:
+            raise RunError(f"--resume: {store.uri} does not record which study wrote its "
+                           f"results (no {store.uri}/study.json): add --allow-changed to "
+                           f"resume them as study '{name}' anyway")
+        print(f"raycl: warning: resuming {store.uri} as study '{name}' without a record of "
+              f"the study that wrote it (--allow-changed)", file=sys.stderr, flush=True)
+        return
+    changes = study_changes(stored, settings)
+    if not changes:
+        if stored.get("study_file_sha256") not in (None, settings.get("study_file_sha256")):
+            print(f"raycl: note: the study file changed since {store.uri} was written; its "
+                  f"settings did not", file=sys.stderr, flush=True)
+        return
+    what = "; ".join(map(str, changes))
+    narrowing = [c for c in changes if not c.widening]
+    if narrowing and allow_changed:
+        raise RunError(f"--resume --allow-changed: {store.uri} holds trials of another study "
+                       f"'{name}': {'; '.join(map(str, narrowing))} (--allow-changed accepts "
+                       f"only a wider search: a larger num_samples, added seeds, confirm_seeds "
+                       f"or arms, and nothing else changed)")
+    if narrowing:
+        raise RunError(f"--resume: {store.uri} holds results of another version of study "
+                       f"'{name}': {what} (restore the study file, or run it into another "
+                       f"--storage)")
+    if not allow_changed:
+        raise RunError(f"--resume: study '{name}' changed since {store.uri} was written: "
+                       f"{what} (a wider search: add --allow-changed to run the new trials "
+                       f"beside the old ones)")
+    print(f"raycl: resuming study '{name}' with a wider search: {what}", file=sys.stderr,
+          flush=True)
 
 
 def _check_storage(store: ResultStore, name: str, storage: str, *, resume: bool,
@@ -292,7 +385,7 @@ def _check_storage(store: ResultStore, name: str, storage: str, *, resume: bool,
         if not smoke:
             raise RunError(f"{store.uri} already holds results of study '{name}': "
                            f"add --resume to continue it, or pass another --storage")
-        store.clear()  # a smoke check replaces the previous smoke check
+        store.clear()  # a smoke check replaces the previous smoke check (in <storage>/smoke/)
     try:
         store.check_writable()
     except OSError as err:

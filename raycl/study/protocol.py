@@ -381,7 +381,12 @@ def _chains(study: Study, trials: pd.DataFrame, curves: pd.DataFrame, pending: A
                 if step.chosen is None:
                     break
                 chosen.append(step.chosen)
-                init = str(step.chosen[CHECKPOINT])
+                checkpoint = step.chosen.get(CHECKPOINT)
+                last = t == study.benchmark.n_experiences - 1
+                if not last and (checkpoint is None or pd.isna(checkpoint)):  # no learner left
+                    step = _Step(failed=True)
+                    break
+                init = str(checkpoint)
                 step = None
             yield arm, seed, chosen, step
 
@@ -475,9 +480,13 @@ def _verdicts(comparisons: pd.DataFrame) -> dict[str, str]:
     labels: dict[str, list[str]] = {}
     for row in comparisons.to_dict("records"):
         labels.setdefault(row["arm"], []).append(verdict(row))
-    best = comparisons.loc[comparisons["reference_kind"] == "best", "reference"]
-    for arm in set(best):
-        labels.setdefault(arm, []).insert(0, "best")
+    for kind in ("best", "baseline"):  # the reference arms themselves
+        for arm in set(comparisons.loc[comparisons["reference_kind"] == kind, "reference"]):
+            parts = labels.setdefault(arm, [])
+            if kind == "best":
+                parts.insert(0, kind)
+            else:
+                parts.append(kind)
     return {arm: "; ".join(parts) for arm, parts in labels.items()}
 
 

@@ -19,13 +19,22 @@ Each file is written to a temporary name in the same directory and renamed over 
 a reader (or a driver killed mid-write) never sees a torn file; on object stores (``s3://``) the
 single PUT of an object is atomic already. ``storage`` is a local path or any URI pyarrow
 understands.
+
+A run holds the study folder's :class:`StudyLock` (``<study dir>/.lock``) from
+``raycl.study.plan.prepare_run`` to its end, so two runs never write one study's files at once.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import socket
+import sys
+import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -72,7 +81,21 @@ from raycl.study.schema import (
 from raycl.study.settings import METADATA_KEY, SETTINGS_FILE
 from raycl.study.spec import TrialSpec
 
-__all__ = ["ResultStore", "metric_frame", "resolve_storage"]
+__all__ = ["LOCK_FILE", "LOCK_REFRESH_S", "LOCK_SETTLE_S", "LOCK_STALE_AFTER_S", "SMOKE_FOLDER",
+           "ResultStore", "StudyLock", "StudyLocked", "metric_frame", "resolve_storage"]
+
+#: The folder under the storage root that holds ``--smoke`` checks (``<storage>/smoke/<name>/``);
+#: no study may be named so (the loader refuses it), so a check never replaces a study's files.
+SMOKE_FOLDER = "smoke"
+#: The lock file of a study folder, held by the run writing it.
+LOCK_FILE = ".lock"
+#: A lock written on another host is stale once it has not been refreshed for this long (its
+#: holder refreshes it every :data:`LOCK_REFRESH_S`); on this host, once its process is gone.
+LOCK_STALE_AFTER_S = 600.0
+#: How often a run refreshes its lock (the lock file's modification time).
+LOCK_REFRESH_S = 60.0
+#: Object stores: how long a run waits after writing its lock before reading it back.
+LOCK_SETTLE_S = 1.0
 
 
 def resolve_storage(storage: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, str]:
@@ -100,25 +123,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _check_folder_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        # The study folder must be a child of the storage root, never the root or above it.
+        raise ValueError(f"study name {name!r} would leave the storage directory")
+
+
 class ResultStore:
     """The Parquet tables of one study, held in memory and rewritten atomically.
 
     Args:
         storage: the ``--storage`` root (local path or URI).
-        study: the study name; files go to ``<storage>/<study>/``.
+        study: the study name (the ``study`` column); files go to ``<storage>/<study>/``.
+        folder: where the files go instead, relative to the storage root, e.g.
+            ``("smoke", "<name>")`` for a ``--smoke`` check.
     """
 
-    def __init__(self, storage: str | os.PathLike[str], study: str) -> None:
-        if not study or "/" in study or "\\" in study or study in (".", "..") or \
-                study.startswith("."):
-            # The study folder must be a child of the storage root, never the root or above it.
-            raise ValueError(f"study name {study!r} would leave the storage directory")
+    def __init__(self, storage: str | os.PathLike[str], study: str,
+                 folder: tuple[str, ...] | None = None) -> None:
+        _check_folder_name(study)
+        parts = (study,) if folder is None else tuple(folder)
+        if not parts:
+            raise ValueError("a study's folder cannot be the storage root")
+        for part in parts:
+            _check_folder_name(part)
         self.study = study
         fs, root, root_uri = resolve_storage(storage)
         self.fs = fs
-        self.dir = f"{root}/{study}"
+        self._root = root
+        self.dir = "/".join((root, *parts))
         #: Where this study lives, as a path or URI (what ``raycl.report`` takes).
-        self.uri = f"{root_uri}/{study}"
+        self.uri = "/".join((root_uri, *parts))
         self._trials: dict[str, dict[str, Any]] = {}
         #: trial_key -> experience -> curves row
         self._curves: dict[str, dict[int, dict[str, Any]]] = {}
@@ -145,13 +180,55 @@ class ResultStore:
         return self.fs.get_file_info(fs_path).type != pafs.FileType.NotFound
 
     def has_results(self) -> bool:
-        """True when a run of this study started here (results or Ray's experiment folder)."""
-        return self._exists(self._fs_path("trials")) or self._exists(f"{self.dir}/_ray")
+        """True when a run of this study started here (its settings, results or Ray's
+        experiment folder)."""
+        return any(self._exists(p) for p in (f"{self.dir}/{SETTINGS_FILE}",
+                                             self._fs_path("trials"), f"{self.dir}/_ray"))
 
     def clear(self) -> None:
-        """Delete this study's folder (used for ``--smoke`` reruns only)."""
-        if self._exists(self.dir):
-            self.fs.delete_dir(self.dir)
+        """Delete everything in this study's folder but its lock (``--smoke`` reruns only)."""
+        if not self._exists(self.dir):
+            return
+        for info in self.fs.get_file_info(pafs.FileSelector(self.dir)):
+            if info.base_name == LOCK_FILE:
+                continue
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(info.path)
+            else:
+                self.fs.delete_file(info.path)
+
+    def lock(self) -> StudyLock:
+        """Take this study folder's lock (see :class:`StudyLock`); :class:`StudyLocked` when a
+        live run holds it, ``OSError`` when it cannot be written."""
+        return StudyLock.acquire(self.fs, self.dir, self.uri, self.study)
+
+    def stored_settings(self) -> dict[str, Any] | None:
+        """The resolved study that wrote the results here: study.json, else the trials table's
+        Parquet metadata; None when neither holds it."""
+        path = f"{self.dir}/{SETTINGS_FILE}"
+        text = None
+        if self._exists(path):
+            with self.fs.open_input_stream(path) as f:
+                text = f.read().decode()
+        elif self._exists(self._fs_path("trials")):
+            meta = pq.read_schema(self._fs_path("trials"), filesystem=self.fs).metadata or {}
+            raw = meta.get(METADATA_KEY)
+            text = raw.decode() if raw else None
+        if not text:
+            return None
+        try:
+            settings = json.loads(text)
+        except ValueError:
+            return None
+        return settings if isinstance(settings, dict) else None
+
+    def write_settings(self) -> None:
+        """Write study.json now (before any trial: the folder records which study it holds
+        from the start of a run)."""
+        if self._settings is None:
+            return
+        self.fs.create_dir(self.dir, recursive=True)
+        self._atomic(SETTINGS_FILE, self._write_settings)
 
     # ---- rows -------------------------------------------------------------------------------
     def load(self) -> None:
@@ -323,6 +400,272 @@ class ResultStore:
         with self.fs.open_output_stream(probe) as f:
             f.write(b"raycl")
         self.fs.delete_file(probe)
+
+
+class StudyLocked(Exception):
+    """Another run holds the study folder's lock (the message says which, on one line)."""
+
+
+#: Tokens of the locks this process holds (a lock naming this pid but none of these tokens was
+#: left by an earlier process that had the same pid, e.g. a restarted container).
+_HELD: set[str] = set()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _when(info: Mapping[str, Any]) -> str:
+    return str(info.get("started_at") or "an unknown time")
+
+
+class StudyLock:
+    """The lock of one study folder, ``<study dir>/.lock``: JSON naming the run that holds it
+    (pid, host, start time, command and a random token).
+
+    * Local file system: created with ``O_CREAT | O_EXCL``, so of two runs exactly one creates
+      it. A stale lock is replaced under a second exclusive file (``.lock.takeover``), so two
+      runs cannot both take it over.
+    * Object stores (``s3://`` ...): pyarrow has no atomic create-if-absent, so the lock is
+      read, written (one PUT), and read back :data:`LOCK_SETTLE_S` later; the run whose token
+      is there holds it, the other is refused. The race window: two runs whose check for a lock
+      both come before either PUT, and whose PUTs land more than :data:`LOCK_SETTLE_S` apart
+      (a PUT of a few hundred bytes normally takes milliseconds) both go on.
+
+    Stale: a lock of this host (same host name) whose process is gone, or a lock of another
+    host not refreshed for :data:`LOCK_STALE_AFTER_S` (the holder refreshes it every
+    :data:`LOCK_REFRESH_S` from a background thread, so a long study keeps it; hosts' clocks
+    must agree to within minutes). A stale lock is taken over with one line on stderr.
+
+    :meth:`release` (idempotent; also run at interpreter exit) removes the lock if it is still
+    this run's, and the study folder if the lock was all there was in it.
+    """
+
+    def __init__(self, fs: pafs.FileSystem, folder: str, uri: str, study: str) -> None:
+        self.fs, self.folder, self.study = fs, folder, study
+        self.path = f"{folder}/{LOCK_FILE}"
+        self.uri = f"{uri}/{LOCK_FILE}"
+        self.local = isinstance(fs, pafs.LocalFileSystem)
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(),
+                     "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                     "command": " ".join(sys.argv), "study": study,
+                     "token": uuid.uuid4().hex}
+        self.content = json.dumps(self.info, indent=1).encode()
+        self.taken_over: str | None = None
+        """The line said when a stale lock was taken over (None otherwise)."""
+        self._created_folder = False
+        self._released = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    # ---- taking it --------------------------------------------------------------------------
+    @classmethod
+    def acquire(cls, fs: pafs.FileSystem, folder: str, uri: str, study: str) -> StudyLock:
+        """Take the lock of ``folder``; :class:`StudyLocked` when a live run holds it."""
+        lock = cls(fs, folder, uri, study)
+        lock._created_folder = fs.get_file_info(folder).type == pafs.FileType.NotFound
+        fs.create_dir(folder, recursive=True)
+        try:
+            if lock.local:
+                lock._acquire_local()
+            else:
+                lock._acquire_remote()
+        except BaseException:
+            lock._remove_folder_if_empty()
+            raise
+        _HELD.add(lock.info["token"])
+        atexit.register(lock.release)
+        lock._refresher = threading.Thread(target=lock._refresh, name="raycl-study-lock",
+                                           daemon=True)
+        lock._refresher.start()
+        return lock
+
+    def _acquire_local(self) -> None:
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                held = self._read()
+                if held is None:  # released meanwhile: try again
+                    continue
+                info, mtime = held
+                reason = self._stale(info, mtime)
+                if reason is None:
+                    raise StudyLocked(self._held_message(info)) from None
+                if self._take_over_local(info, reason):
+                    return
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.content)
+                f.flush()
+                os.fsync(f.fileno())
+            return
+        raise StudyLocked(f"study '{self.study}' in {self.folder}: its lock {self.uri} keeps "
+                          f"changing hands; another run is starting on it")
+
+    def _take_over_local(self, stale: Mapping[str, Any], reason: str) -> bool:
+        """Replace the stale lock ``stale`` under the takeover guard; False when the lock
+        changed meanwhile (the caller looks again)."""
+        guard = f"{self.path}.takeover"
+        try:
+            fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                age = time.time() - os.stat(guard).st_mtime
+            except FileNotFoundError:
+                return False
+            if age > 60:  # left by a run killed in the middle of a takeover
+                self._remove_quietly(guard)
+                return False
+            raise StudyLocked(f"study '{self.study}' in {self.folder}: another run is taking "
+                              f"over its stale lock {self.uri} right now") from None
+        try:
+            os.close(fd)
+            held = self._read()
+            if held is None or held[0].get("token") != stale.get("token"):
+                return False
+            tmp = f"{self.path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(self.content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            self._remove_quietly(guard)
+        self._said_taken_over(stale, reason)
+        return True
+
+    def _acquire_remote(self) -> None:
+        held, reason = self._read(), None
+        if held is not None:
+            info, mtime = held
+            reason = self._stale(info, mtime)
+            if reason is None:
+                raise StudyLocked(self._held_message(info))
+        self._put()
+        time.sleep(LOCK_SETTLE_S)
+        back = self._read()
+        if back is None or back[0].get("token") != self.info["token"]:
+            raise StudyLocked(self._held_message(back[0] if back else {}))
+        if held is not None:
+            self._said_taken_over(held[0], reason or "")
+
+    def _put(self) -> None:
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(self.content)
+
+    def _said_taken_over(self, stale: Mapping[str, Any], reason: str) -> None:
+        self.taken_over = (f"raycl: taking over the stale lock of study '{self.study}' "
+                           f"({self._holder(stale)}): {reason}")
+        print(self.taken_over, file=sys.stderr, flush=True)
+
+    # ---- reading it -------------------------------------------------------------------------
+    def _read(self) -> tuple[dict[str, Any], float] | None:
+        """(content, modification time) of the lock, None when there is none. Content that
+        does not parse (a lock being written) is ``{}``."""
+        try:
+            info_ = self.fs.get_file_info(self.path)
+            if info_.type == pafs.FileType.NotFound:
+                return None
+            with self.fs.open_input_stream(self.path) as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        mtime = info_.mtime.timestamp() if info_.mtime is not None else time.time()
+        try:
+            info = json.loads(raw.decode())
+        except (ValueError, UnicodeDecodeError):
+            info = {}
+        return (info if isinstance(info, dict) else {}), mtime
+
+    def _stale(self, info: Mapping[str, Any], mtime: float) -> str | None:
+        """Why the lock ``info`` (last written at ``mtime``) is stale, or None while its run
+        may be alive."""
+        pid, host = info.get("pid"), info.get("host")
+        if host == socket.gethostname() and isinstance(pid, int):
+            if pid == os.getpid() and info.get("token") not in _HELD:
+                return f"process {pid} is this one, so the run that wrote it is gone"
+            return None if _alive(pid) else f"its process {pid} is gone"
+        age = time.time() - mtime
+        if age > LOCK_STALE_AFTER_S:
+            return (f"not refreshed for {age / 60:.0f} min (a running study refreshes it "
+                    f"every {LOCK_REFRESH_S:.0f} s; stale after {LOCK_STALE_AFTER_S:.0f} s)")
+        return None
+
+    @staticmethod
+    def _holder(info: Mapping[str, Any]) -> str:
+        if not info:
+            return "a run whose lock is still being written"
+        return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, started {_when(info)}"
+
+    def _held_message(self, info: Mapping[str, Any]) -> str:
+        return (f"study '{self.study}' in {self.folder} is being run by "
+                f"{self._holder(info)}; wait for it to end, or remove {self.uri} if that run "
+                f"is gone")
+
+    # ---- holding and releasing it -------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Refresh the lock's modification time until released (runs on other hosts judge a
+        lock by it); warns once if another run took it over meanwhile."""
+        while not self._released.wait(LOCK_REFRESH_S):
+            try:
+                held = self._read()
+                if held is None or held[0].get("token") != self.info["token"]:
+                    who = self._holder(held[0]) if held else "nobody"
+                    print(f"raycl: warning: the lock of study '{self.study}' ({self.uri}) is "
+                          f"no longer this run's (now: {who})", file=sys.stderr, flush=True)
+                    return
+                if self.local:
+                    os.utime(self.path)
+                else:
+                    self._put()
+            except OSError:
+                continue  # storage hiccup: try again at the next refresh
+
+    @property
+    def held(self) -> bool:
+        """Whether this object still holds the lock (not released)."""
+        return not self._released.is_set()
+
+    def release(self) -> None:
+        """Remove the lock if it is still this run's (idempotent)."""
+        if self._released.is_set():
+            return
+        self._released.set()
+        atexit.unregister(self.release)
+        _HELD.discard(self.info["token"])
+        try:
+            held = self._read()
+            if held is not None and held[0].get("token") == self.info["token"]:
+                self.fs.delete_file(self.path)
+        except OSError:
+            pass
+        self._remove_folder_if_empty()
+
+    def _remove_folder_if_empty(self) -> None:
+        """The folder this lock created goes if nothing else was written in it."""
+        if not (self._created_folder and self.local):
+            return
+        try:
+            os.rmdir(self.folder)
+        except OSError:
+            pass
+
+    def _remove_quietly(self, path: str) -> None:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def _records(frame: pd.DataFrame | None) -> Iterable[dict[str, Any]]:

@@ -1,9 +1,15 @@
 """Running a planned study on Ray Tune: from a :class:`~raycl.study.plan.PreparedRun` to Parquet.
 
 :func:`run_study` is what ``python -m raycl.study`` calls once :func:`raycl.study.plan.prepare_run`
-has validated the study, decided its trials and checked its storage (no Ray yet). It starts or
-joins Ray, runs the trials as Tune runs with the Parquet and progress callbacks, prints the
-per-arm table and shuts down the Ray it started.
+has validated the study, decided its trials, checked its storage and taken its lock (no Ray
+yet). It starts or joins Ray, runs the trials as Tune runs with the Parquet and progress
+callbacks, prints the per-arm table, shuts down the Ray it started and releases the lock.
+
+Which Ray: the cluster at ``--address``; else the one in ``RAY_ADDRESS`` (Ray jobs set it);
+else a new local Ray of the study's own, started with ``ray.init(address="local")``, which in
+Ray 2.60 never connects to an instance already running on the machine (``ray.init()`` without
+an address would join the last one ``ray start`` started there, e.g. another user's job).
+The header says which.
 
 ``--resume`` does not use ``Tuner.restore``: the trials table is the record of what finished.
 The trial list is rebuilt from the study file (it is deterministic), trials whose ``trial_key``
@@ -59,10 +65,10 @@ from raycl.tune.compat import (
     tune_config,
 )
 from raycl.tune.progress import ProgressCallback
-from raycl.tune.trainable import trainable
+from raycl.tune.trainable import setup_failure, trainable
 
-__all__ = ["StudyOutcome", "default_trials_per_batch", "ray_init_kwargs", "run_study",
-           "trial_slots"]
+__all__ = ["StudyOutcome", "default_trials_per_batch", "local_ray", "ray_init_kwargs",
+           "run_study", "trial_slots"]
 
 
 @dataclasses.dataclass
@@ -92,6 +98,9 @@ class StudyOutcome:
     """Seconds from the start of :func:`run_study` to the end, Ray start-up included."""
     summary: list[str]
     """The per-arm table as printed."""
+    failure: str | None = None
+    """Why the study was stopped when a trial could not even load it (its study file does not
+    import in a trial process: every trial would fail the same way); None otherwise."""
 
 
 def _gpus_per_trial(study: Study) -> float:
@@ -117,6 +126,13 @@ class _StopOnSignal(tune.Stopper):
         # A plain flag, not a threading.Event: Tune pickles its stopper with the experiment,
         # and the signal handler and Tune's loop both run in the main thread.
         self.stopped = False
+        #: Set when a trial could not load the study: why (the run stops at once).
+        self.failure: str | None = None
+
+    def fail(self, reason: str) -> None:
+        """Stop the study because of ``reason`` (the first one is kept)."""
+        self.failure = self.failure or reason
+        self.stopped = True
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False
@@ -149,6 +165,43 @@ def _stop_on_signals(stopper: _StopOnSignal, out: TextIO) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class _Recorder(ParquetCallback):
+    """The Parquet callback, plus: a trial whose study file did not import in its process
+    (its one report says why, :func:`raycl.tune.trainable.setup_failure`) is recorded as ERROR
+    with the reason, is not retried (it raised nothing), and stops the study: every trial
+    would fail the same way."""
+
+    def __init__(self, store: Any, stopper: _StopOnSignal) -> None:
+        super().__init__(store)
+        self.stopper = stopper
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        reason = setup_failure(trial)
+        if reason is None:
+            super().on_trial_complete(iteration, trials, trial, **info)
+            return
+        self._finish(trial, ERRORED, reason)
+        self.stopper.fail(reason)
+
+
+class _Progress(ProgressCallback):
+    """The progress line, counting a trial that could not load the study as errored."""
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        reason = setup_failure(trial)
+        if reason is None:
+            super().on_trial_complete(iteration, trials, trial, **info)
+            return
+        self._count(trials, trial)
+        self.errored += 1
+        spec = trial_spec(trial)
+        self._message(f"trial {trial.trial_id} ({spec.arm}, seed {spec.seed}) errored: "
+                      f"{reason}")
+        self._show(force=True)
 
 
 def _scheduler(study: Study) -> Any:
@@ -237,15 +290,26 @@ def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any], *, name: st
                       run_config=run_config)
 
 
+def local_ray(address: str | None) -> bool:
+    """Whether a run with ``--address`` ``address`` starts a local Ray of its own: no address
+    given and none in ``RAY_ADDRESS``."""
+    return address is None and not os.environ.get("RAY_ADDRESS")
+
+
 def ray_init_kwargs(address: str | None, dashboard_host: str | None = None) -> dict[str, Any]:
     """Arguments of ``ray.init`` for a run.
 
-    A local Ray starts no dashboard unless ``dashboard_host`` asks for one (``127.0.0.1`` keeps
-    it on this machine; ``0.0.0.0`` opens it to the network: the user's explicit choice). Joining
-    a cluster (``address``) leaves the cluster's own dashboard as it is.
+    Without ``address`` and ``RAY_ADDRESS``: ``address="local"``, a new local Ray (Ray 2.60:
+    "start a new local Ray instance, even if there is already an existing local Ray
+    instance"). It starts no dashboard unless ``dashboard_host`` asks for one (``127.0.0.1``
+    keeps it on this machine; ``0.0.0.0`` opens it to the network: the user's explicit
+    choice). With ``RAY_ADDRESS`` set and no ``address``: ``address=None``, which ``ray.init``
+    resolves from ``RAY_ADDRESS``. Joining a cluster leaves the cluster's own dashboard as it
+    is.
     """
     kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
-    if address is None:
+    if local_ray(address):
+        kwargs["address"] = "local"
         kwargs["include_dashboard"] = dashboard_host is not None
         kwargs["dashboard_host"] = dashboard_host or "127.0.0.1"
     return kwargs
@@ -255,14 +319,24 @@ def run_study(prepared: PreparedRun, *, address: str | None = None,
               dashboard_host: str | None = None, trials_per_batch: int | None = None,
               out: TextIO | None = None) -> StudyOutcome:
     """Run a prepared study (:func:`raycl.study.plan.prepare_run`) on Ray Tune and write its
-    Parquet results; see the module docstring.
+    Parquet results; see the module docstring. Releases the prepared run's lock when it ends,
+    whatever the outcome (an error or Ctrl-C included).
 
-    ``address`` joins a running cluster ("auto" on a cluster node); without it a local Ray is
-    started and shut down at the end, with a dashboard only if ``dashboard_host`` is given.
-    ``trials_per_batch`` caps the trials of one Tune run (None:
+    ``address`` joins a running cluster ("auto" on a cluster node); without it, the cluster in
+    ``RAY_ADDRESS``, else a new local Ray, started and shut down at the end, with a dashboard
+    only if ``dashboard_host`` is given. In a process already connected to Ray, that Ray is
+    used. ``trials_per_batch`` caps the trials of one Tune run (None:
     :func:`default_trials_per_batch`; 0: all in one run). Raises
     :class:`~raycl.study.plan.RunError` when Ray cannot be started or joined.
     """
+    try:
+        return _run_study(prepared, address, dashboard_host, trials_per_batch, out)
+    finally:
+        prepared.release()
+
+
+def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str | None,
+               trials_per_batch: int | None, out: TextIO | None) -> StudyOutcome:
     start = time.monotonic()
     out = out or sys.stdout
     if prepared.next_batch(set()) is None:
@@ -276,29 +350,48 @@ def run_study(prepared: PreparedRun, *, address: str | None = None,
     set_run_environment()
     connected = False
     try:
-        if not ray.is_initialized():
-            _connect(address, dashboard_host)
+        if ray.is_initialized():
+            which = f"Ray cluster at {_gcs_address(address)} (connected before the study)"
+        else:
+            which = _connect(address, dashboard_host)
             connected = True
-        run, parquet, write_error, stopped = _fit_batches(prepared, trials_per_batch, out)
+        run, parquet, write_error, stopper = _fit_batches(prepared, trials_per_batch, out,
+                                                          which)
     finally:
         if connected:  # stops the local Ray we started; only disconnects from a cluster
             ray.shutdown()
     if write_error or parquet.write_error:
         print(f"raycl: error: {write_error or parquet.write_error}; the files there hold the "
               f"last complete write", file=sys.stderr)
-    interrupted = stopped or run.ended < run.expected or bool(write_error)
-    return _outcome(prepared, list(parquet.started), start, interrupted, out)
+    interrupted = stopper.stopped or run.ended < run.expected or bool(write_error)
+    return _outcome(prepared, list(parquet.started), start, interrupted, out,
+                    failure=stopper.failure)
 
 
-def _connect(address: str | None, dashboard_host: str | None) -> None:
-    """Start a local Ray, or join the cluster at ``address``; :class:`RunError` if neither."""
+def _gcs_address(fallback: str | None) -> str:
+    """The address of the Ray this process is connected to."""
     import ray
 
     try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # a Ray Client connection ("ray://") has no GCS address of its own
+        return fallback or os.environ.get("RAY_ADDRESS") or "?"
+
+
+def _connect(address: str | None, dashboard_host: str | None) -> str:
+    """Start a local Ray, or join the cluster at ``address`` (or ``RAY_ADDRESS``); says which
+    (the header's line). :class:`RunError` if neither works."""
+    import ray
+
+    local = local_ray(address)
+    try:
         ray.init(**ray_init_kwargs(address, dashboard_host))
     except (ConnectionError, RuntimeError, ValueError) as err:
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        where = ("a local Ray" if local else
+                 f"the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}")
         raise RunError(f"cannot start or join {where}: {' '.join(str(err).split())}") from None
+    gcs = _gcs_address(address)
+    return f"local Ray started for this study ({gcs})" if local else f"Ray cluster at {gcs}"
 
 
 class _Run:
@@ -309,14 +402,16 @@ class _Run:
         self.ended = 0
 
 
-def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextIO
-                 ) -> tuple[_Run, ParquetCallback, str | None, bool]:
+def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextIO, which: str
+                 ) -> tuple[_Run, ParquetCallback, str | None, _StopOnSignal]:
     """Every phase of the study's protocol, each as Tune runs of at most ``trials_per_batch``
     trials, under one signal handler. Returns what ran, the Parquet callback (what it
-    recorded), why the final write failed (if it did) and whether a signal stopped the run."""
+    recorded), why the final write failed (if it did) and the stopper (whether a signal or a
+    trial that could not load the study stopped the run). ``which``: the Ray used, for the
+    header."""
     study, store = prepared.study, prepared.store
     stopper = _StopOnSignal()
-    parquet = ParquetCallback(store)
+    parquet = _Recorder(store, stopper)
     run = _Run()
     write_error = None
     fitting = False
@@ -325,6 +420,7 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
             gpus = _gpus_per_trial(study)
             for line in header(study, resources_text(study, gpus)):
                 print(line, file=out)
+            print(f"Ray: {which}", file=out)
             print(f"results in {store.uri}", file=out, flush=True)
             per_batch = (default_trials_per_batch(trial_slots(study, gpus))
                          if trials_per_batch is None else trials_per_batch)
@@ -341,9 +437,8 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
                          else prepared.total)
                 print(f"phase {batch.note}" + (f" ({already} done before)" if already else ""),
                       file=out, flush=True)
-                progress = ProgressCallback(total, rank_column(study), study.mode, already,
-                                            best=prepared.best_done() if searching else None,
-                                            out=out)
+                progress = _Progress(total, rank_column(study), study.mode, already,
+                                     best=prepared.best_done() if searching else None, out=out)
                 searcher = _searcher(prepared) if batch.trials is None else None
                 first = 0
                 for size in _batches(total, per_batch):
@@ -375,11 +470,11 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
             except OSError as err:
                 write_error = f"cannot write the results to {store.uri}: " \
                               f"{' '.join(str(err).split())}"
-    return run, parquet, write_error, stopper.stopped
+    return run, parquet, write_error, stopper
 
 
 def _outcome(prepared: PreparedRun, trial_ids: list[str], start: float, interrupted: bool,
-             out: TextIO) -> StudyOutcome:
+             out: TextIO, failure: str | None = None) -> StudyOutcome:
     study, store = prepared.study, prepared.store
     frames = store.frames()
     trials = frames["trials"]
@@ -392,14 +487,19 @@ def _outcome(prepared: PreparedRun, trial_ids: list[str], start: float, interrup
         errored=int(errored.sum()),
         diverged=int((errored & mine[ERROR].fillna("").str.startswith(f"{DIVERGED}:")).sum()),
         skipped=prepared.skipped,
-        interrupted=interrupted, wall_time_s=time.monotonic() - start, summary=lines)
+        interrupted=interrupted, wall_time_s=time.monotonic() - start, summary=lines,
+        failure=failure)
     print("", file=out)
     for line in lines:
         print(line, file=out)
     print("", file=out)
     for table, where in outcome.paths.items():
         print(f"{table:>7}: {where}", file=out)
-    if interrupted:
+    if failure:
+        print("the study was stopped: its study file does not load in a trial process, so "
+              "every trial would fail; fix it, then run the same command with --resume",
+              file=out)
+    elif interrupted:
         print("the study was interrupted: run the same command with --resume to finish it",
               file=out)
     print(f"study {study.name}: {outcome.finished} trial(s) finished, {outcome.errored} "

@@ -11,6 +11,13 @@ is reported (``checkpoint_note`` in every later report, and on stderr). Checkpoi
 ``torch.load(weights_only=True)``: nothing in storage can run code in a trial.
 Trial processes are reused between trials (``reuse_actors``); ``run_trial`` reseeds every
 generator at the start of each trial, and the loaded study and benchmark are cached.
+
+A study file that does not import in the trial process (it reads a file relative to the
+driver's working directory, say) would fail the same way on every attempt, and Ray 2.60 has no
+public way to exempt one exception from ``FailureConfig(max_failures)``. So the trainable does
+not raise: its one report says why under :data:`SETUP_FAILED` (the root cause with its line in
+the study file), and the driver records the trial as ERROR, never retried, and stops the study
+(``raycl.tune.runner``), as it does for a diverged trial's last report.
 """
 
 from __future__ import annotations
@@ -26,14 +33,19 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray import tune
 
+from raycl.study.loader import StudyError
 from raycl.study.plan import StudySource
 from raycl.study.results import resolve_storage
+from raycl.study.schema import AVG_ACCURACY, SPLITS, metric_column, split_column
 from raycl.study.spec import Study
 from raycl.tune.compat import quiet_checkpoint_logs, spec_of_config
 
-__all__ = ["DIGEST_FILE", "STATE_FILE", "TEMP_PREFIX", "CorruptCheckpoint", "read_checkpoint",
-           "remove_stale_temporaries", "restore_state", "trial_device", "trainable",
-           "write_checkpoint"]
+__all__ = ["DIGEST_FILE", "SETUP_FAILED", "STATE_FILE", "TEMP_PREFIX", "CorruptCheckpoint",
+           "read_checkpoint", "remove_stale_temporaries", "restore_state", "setup_failure",
+           "setup_failure_report", "trial_device", "trainable", "write_checkpoint"]
+
+#: Key of the one report of a trial whose study file does not import in its process: why.
+SETUP_FAILED = "raycl_setup_failed"
 
 #: File name of the state inside each Tune checkpoint directory.
 STATE_FILE = "state.pt"
@@ -44,6 +56,33 @@ _CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
 
 class CorruptCheckpoint(Exception):
     """A checkpoint folder whose state is missing, does not match its digest or does not load."""
+
+
+def setup_failure_report(source: StudySource, err: StudyError) -> dict[str, Any]:
+    """The one report of a trial whose study file raised ``err`` on import in the trial
+    process: the root cause and where (:data:`SETUP_FAILED`), and NaN for the metrics the
+    scheduler and searcher read (Tune refuses a result without them)."""
+    where = (f"{err.field} of {err.path}" if err.field.startswith("line ")
+             else f"{err.path}: {err.field}")
+    reason = (f"the study file does not import in a trial process: {err.what} ({where}; "
+              f"working directory there: {os.getcwd()})")
+    metric = str(source.settings.get("metric", AVG_ACCURACY))
+    nan = float("nan")
+    report: dict[str, Any] = {SETUP_FAILED: reason}
+    for split in SPLITS:
+        report[split_column(split, AVG_ACCURACY)] = nan
+        try:
+            report[metric_column(metric, split)] = nan
+        except ValueError:
+            pass
+    return report
+
+
+def setup_failure(trial: Any) -> str | None:
+    """Why a Tune trial's study file did not import in its process (its last report says
+    so), or None."""
+    reason = (getattr(trial, "last_result", None) or {}).get(SETUP_FAILED)
+    return str(reason) if reason else None
 
 
 def write_checkpoint(folder: str | os.PathLike[str], state: dict[str, Any]) -> None:
@@ -209,7 +248,11 @@ def trainable(config: dict[str, Any], source: StudySource, use_gpu: bool,
     from raycl.study.trial import run_trial
 
     torch.set_num_threads(max(1, int(cpus_per_trial or 1)))
-    study = _study(source)
+    try:
+        study = _study(source)
+    except StudyError as err:  # every attempt would fail the same way: report, do not raise
+        tune.report(setup_failure_report(source, err))
+        return
     spec = spec_of_config(config)
     remove_stale_temporaries()
     state = None
