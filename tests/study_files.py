@@ -185,3 +185,52 @@ study = Study(
     max_failures=1,
 )
 '''
+
+#: The smallest study that runs: one baseline trial on two experiences.
+ONE_TRIAL = '''
+from raycl.study import Arm, Benchmark, Model, Study
+
+study = Study(
+    name="one",
+    benchmark=Benchmark("split_digits", n_experiences=2),
+    model=Model("mlp", hidden_size=16, hidden_layers=1),
+    train_epochs=1,
+    train_mb_size=64,
+    arms=[Arm("naive", baseline=True)],
+    seeds=[0],
+)
+'''
+
+#: A study file that reads a file relative to the working directory when imported: it
+#: validates on a driver started in the file's folder, and fails in every trial process (they
+#: run in folders of their own). Each import appends "<pid> <Tune trial id or driver>" to
+#: imports.log beside the file.
+READS_RELATIVE = '''
+import os
+import warnings
+from pathlib import Path
+
+from ray import tune
+
+from raycl.study import Arm, Benchmark, Model, Study
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    try:
+        WHO = tune.get_context().get_trial_id() or "driver"
+    except Exception:
+        WHO = "driver"
+with open(Path(__file__).parent / "imports.log", "a") as log:
+    log.write(f"{os.getpid()} {WHO}\\n")
+CLASSES = Path("classes.txt").read_text()
+
+study = Study(
+    name="relative",
+    benchmark=Benchmark("split_digits", n_experiences=2),
+    model=Model("mlp", hidden_size=16, hidden_layers=1),
+    train_epochs=1,
+    train_mb_size=64,
+    arms=[Arm("naive", baseline=True)],
+    seeds=[0, 1, 2],
+)
+'''

@@ -827,8 +827,15 @@ def test_import_is_light() -> None:
 
 
 @pytest.mark.ray  # uses the smoke study, which starts Ray once per session
-def test_study_tables_have_the_columns_the_analysis_reads(study_dir: Path) -> None:
+def test_study_tables_have_the_columns_the_analysis_reads(
+        study_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     results = rca.load_study(study_dir)
+    if study_results(tmp_path_factory)[1] == "smoke":  # written by this raycl just now
+        assert results.settings["name"] == results.trials["study"].iloc[0]
+        assert {a["name"] for a in results.settings["arms"]} == set(results.trials["arm"])
+        assert set(results.comparisons["arm"]) <= set(results.selection["arm"])
+        assert {"reported_low", "reported_high"} <= set(results.selection.columns)
+        assert results.selection["interval"].str.endswith("% t").all()
     assert set(TRIALS_COLUMNS) <= set(results.trials.columns)
     assert set(MATRIX_COLUMNS) <= set(results.matrix.columns)
     assert {"study", "trial_id", "arm", "seed", "experience"} <= set(results.curves.columns)

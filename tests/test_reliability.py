@@ -61,6 +61,8 @@ _BAD = {
                         "arms[ewc].space.ewc_lambda: ewc_lambda"),
     "name_escapes_storage": (TINY, {'name="tiny"': 'name="../../etc"'}, "name: must be"),
     "name_is_hidden": (TINY, {'name="tiny"': 'name=".hidden"'}, "name: must be"),
+    # --smoke checks live in <storage>/smoke/<name>/: no study may own that folder
+    "name_is_smoke": (TINY, {'name="tiny"': 'name="smoke"'}, "name: 'smoke' is reserved"),
 }
 
 
@@ -482,3 +484,330 @@ def test_checkpoints_never_unpickle_arbitrary_objects():
         deserialize_state(buffer.getvalue())
     assert not marker.exists()
     assert deserialize_state(serialize_state({"w": torch.ones(2)}))["w"].sum() == 2
+
+
+# ---- one study, one run at a time; results belong to one study -------------------------------
+_HOLD = """
+import sys
+from raycl.study import make_trial
+from raycl.study.plan import prepare_run
+
+prepared = prepare_run(sys.argv[1], storage=sys.argv[2])
+prepared.store.set_trial(make_trial("naive", {}, 0), "first", "TERMINATED", {"experience": 4})
+prepared.store.write()
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes stdin
+prepared.release()
+"""
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_second_run_of_a_study_is_refused_while_the_first_runs(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    import ray
+
+    first_file = write_study(tmp_path, TINY, name="first.py")
+    # another study file with the same name: it must not add its rows to the first's
+    second_file = write_study(tmp_path, TINY, name="second.py",
+                              replace={"train_epochs=1": "train_epochs=2"})
+    storage = tmp_path / "results"
+    first = subprocess.Popen([sys.executable, "-c", _HOLD, str(first_file), str(storage)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert first.stdout.readline() == "holding\n"
+        before = _tree(storage)
+        lock = storage / "tiny" / ".lock"
+        assert lock.exists() and f'"pid": {first.pid}' in lock.read_text()
+        for argv in ([str(second_file)], [str(first_file)], [str(first_file), "--resume"],
+                     [str(second_file), "--smoke"]):
+            expected = 0 if "--smoke" in argv else 2  # a smoke check has a folder of its own
+            if expected:
+                assert main([*argv, "--storage", str(storage)]) == 2
+                err = capsys.readouterr().err
+                assert err.count("\n") == 1, err
+                assert err.startswith(f"error: study 'tiny' in {storage / 'tiny'} is being run "
+                                      f"by pid {first.pid} on host {socket.gethostname()}, "
+                                      f"started "), err
+                assert f"remove {lock} if that run is gone" in err
+            assert not ray.is_initialized()
+            assert _tree(storage) == before  # nothing written, the first's rows intact
+        # --dry-run takes no lock: it writes nothing, so it may look while a run goes on
+        assert main([str(second_file), "--storage", str(storage), "--dry-run"]) == 0
+        capsys.readouterr()
+    finally:
+        first.stdin.close()
+        first.wait(timeout=60)
+    assert first.returncode == 0 and not (storage / "tiny" / ".lock").exists()
+    # released: the next run of the study goes on (here, a resume of the same study file)
+    from raycl.study.plan import prepare_run
+
+    with prepare_run(first_file, storage=str(storage), resume=True) as prepared:
+        assert prepared.lock.held and prepared.skipped == 1  # the first run's trial
+    assert not (storage / "tiny" / ".lock").exists()
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_one_is_not(tmp_path, capsys):
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from raycl.study.plan import RunError, prepare_run
+    from raycl.study.results import LOCK_STALE_AFTER_S
+
+    path = write_study(tmp_path, TINY)
+    storage = tmp_path / "results"
+    lock = storage / "tiny" / ".lock"
+    lock.parent.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that was a process of this host and is not any more
+    here, other = socket.gethostname(), "elsewhere.example"
+    old = time.time() - LOCK_STALE_AFTER_S - 60
+    cases = [
+        # (lock content, modification time or None, stale?, what the takeover line says)
+        ({"pid": gone.pid, "host": here, "started_at": "then", "token": "a"}, None, True,
+         f"its process {gone.pid} is gone"),
+        ({"pid": os.getpid(), "host": here, "started_at": "then", "token": "b"}, None, True,
+         "is this one, so the run that wrote it is gone"),  # e.g. a restarted container
+        ({"pid": 1, "host": other, "started_at": "then", "token": "c"}, old, True,
+         "not refreshed for 11 min"),
+        ({"pid": 1, "host": other, "started_at": "then", "token": "d"}, None, False, ""),
+        ({"pid": os.getppid(), "host": here, "started_at": "then", "token": "e"}, old, False,
+         ""),  # a live process of this host: held, however old
+        (None, None, False, ""),  # being written (empty): held until it is old
+        (None, old, True, "not refreshed"),
+    ]
+    for content, mtime, stale, said in cases:
+        lock.write_text("" if content is None else json.dumps(content))
+        if mtime is not None:
+            os.utime(lock, (mtime, mtime))
+        if not stale:
+            with pytest.raises(RunError, match="is being run by"):
+                prepare_run(path, storage=str(storage))
+            assert lock.read_text() == ("" if content is None else json.dumps(content))
+            continue
+        with prepare_run(path, storage=str(storage)) as prepared:
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith(
+                "raycl: taking over the stale lock of study 'tiny' ("), err
+            assert said in err, err
+            mine = json.loads(lock.read_text())
+            assert (mine["pid"], mine["host"]) == (os.getpid(), here)
+            assert mine["token"] == prepared.lock.info["token"]
+            assert not (storage / "tiny" / ".lock.takeover").exists()
+        assert not lock.exists()
+        lock.parent.mkdir(parents=True, exist_ok=True)
+
+
+def test_resume_refuses_a_changed_study_and_allow_changed_only_a_wider_one(tmp_path, capsys):
+    from raycl.study.plan import prepare_run
+
+    storage = str(tmp_path / "results")
+    path = write_study(tmp_path, TINY)
+    with prepare_run(path, storage=storage) as prepared:
+        done = prepared.planned[:3]
+        for trial in done:
+            prepared.store.set_trial(trial, trial.trial_key, "TERMINATED", {"experience": 4})
+        prepared.store.write()
+    # the study that wrote them is recorded with them: study.json and every file's metadata
+    import json
+
+    import pyarrow.parquet as pq
+
+    recorded = json.loads((tmp_path / "results" / "tiny" / "study.json").read_text())
+    assert recorded["train_epochs"] == 1
+    meta = pq.read_schema(tmp_path / "results" / "tiny" / "trials.parquet").metadata
+    assert json.loads(meta[b"raycl.study"]) == recorded
+    before = _tree(tmp_path / "results")
+
+    def refused(argv, *expected):
+        assert main([str(path), "--storage", storage, "--resume", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        for text in expected:
+            assert text in err, err
+        assert _tree(tmp_path / "results") == before
+        return err
+
+    narrowed = {"train_epochs=1,": "train_epochs=2,",
+                "tune.loguniform(1.0, 100.0)": "tune.loguniform(1.0, 10.0)"}
+    write_study(tmp_path, TINY, replace=narrowed)
+    for argv in ([], ["--allow-changed"]):
+        refused(argv, "train_epochs: 1 -> 2",
+                "arms[ewc].space.ewc_lambda: loguniform(1, 100) -> loguniform(1, 10)")
+    # a changed plugin factory (same space) is another study too
+    write_study(tmp_path, TINY, replace={'EWCPlugin(c["ewc_lambda"])':
+                                         'EWCPlugin(c["ewc_lambda"], fisher="empirical")'})
+    refused(["--allow-changed"], "arms[ewc].plugins: [EWCPlugin(", "fisher='empirical')]")
+    # an arm removed, fewer samples: narrower, never accepted
+    write_study(tmp_path, TINY, replace={"num_samples=2,": "num_samples=1,"})
+    refused(["--allow-changed"], "num_samples: 2 -> 1")
+    # wider: more samples, another seed, an added arm: refused without --allow-changed ...
+    wider = {"num_samples=2,": "num_samples=3,", "seeds=[0, 1],": "seeds=[0, 1, 2],",
+             'Arm("naive", baseline=True),':
+                 'Arm("naive", baseline=True),\n        Arm("ewc2", lambda c: '
+                 '[EWCPlugin(c["ewc_lambda"])], {"ewc_lambda": tune.uniform(1.0, 2.0)}),'}
+    write_study(tmp_path, TINY, replace=wider)
+    err = refused([], "num_samples: 2 -> 3", "seeds: [0, 1] -> [0, 1, 2]", "arms: + ewc2",
+                  "add --allow-changed")
+    assert err.startswith("error: --resume: study 'tiny' changed since ")
+    # ... and accepted with it: the old trials are trials of the wider study, kept, not rerun
+    with prepare_run(path, storage=storage, resume=True, allow_changed=True) as prepared:
+        assert "resuming study 'tiny' with a wider search: num_samples: 2 -> 3" in \
+            capsys.readouterr().err
+        planned = {t.trial_key for t in prepared.planned}
+        assert {t.trial_key for t in done} <= planned
+        assert prepared.skipped == 3 and len(prepared.trials) == len(planned) - 3
+    # --allow-changed without --resume means nothing: refused
+    assert main([str(path), "--storage", storage, "--allow-changed"]) == 2
+    assert capsys.readouterr().err == "error: --allow-changed: only with --resume\n"
+    # settings that change no trial (description, resources, statistics) need nothing
+    write_study(tmp_path, TINY, replace={"num_samples=2,": "num_samples=2, interval='bootstrap',"
+                                                         " description='again',"})
+    with prepare_run(path, storage=storage, resume=True, cpus_per_trial=2) as prepared:
+        assert prepared.skipped == 3
+
+
+def test_smoke_checks_have_a_folder_no_study_can_have(tmp_path):
+    from raycl.study.plan import prepare_run
+
+    storage = tmp_path / "results"
+    path = write_study(tmp_path, TINY)
+    # a real study that happens to be named like the old smoke folder
+    real = ResultStore(storage, "tiny-smoke")
+    real.set_trial(make_trial("naive", {}, 0), "r", "TERMINATED", {"experience": 4})
+    real.write()
+    before = _tree(storage / "tiny-smoke")
+    for _ in range(2):  # a second check replaces the first check, nothing else
+        with prepare_run(path, storage=str(storage), smoke=True) as prepared:
+            assert prepared.store.uri == str(storage / "smoke" / "tiny")
+            assert prepared.study.name == "tiny-smoke"  # its rows say it is a check
+            prepared.store.set_trial(prepared.planned[0], "s", "TERMINATED", {"experience": 4})
+            prepared.store.write()
+        assert _tree(storage / "tiny-smoke") == before
+    smoke = pd.read_parquet(storage / "smoke" / "tiny" / "trials.parquet")
+    assert list(smoke["study"]) == ["tiny-smoke"]
+    assert not (storage / "tiny").exists()
+
+
+def test_exceptions_that_cross_from_a_trial_to_the_driver_pickle():
+    import pickle
+
+    from raycl.study.loader import StudyError
+    from raycl.study.plan import RunError
+    from raycl.study.results import StudyLocked
+    from raycl.tune.trainable import CorruptCheckpoint
+
+    errors = [StudyError("/s/study.py", "line 5", "FileNotFoundError: [Errno 2] No such file"),
+              RunError("x"), StudyLocked("y"), CorruptCheckpoint("z"), TrialDiverged("w")]
+    for err in errors:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+    back = pickle.loads(pickle.dumps(errors[0]))
+    assert (back.path, back.field, back.what) == ("/s/study.py", "line 5",
+                                                  "FileNotFoundError: [Errno 2] No such file")
+
+
+def test_a_study_file_failing_in_a_trial_process_is_reported_once_with_its_cause(tmp_path):
+    import math
+
+    from raycl.study.loader import StudyError
+    from raycl.study.plan import StudySource
+    from raycl.tune.trainable import SETUP_FAILED, setup_failure, setup_failure_report
+
+    source = StudySource(str(tmp_path / "study.py"), TINY, {"metric": "final_avg_accuracy"})
+    err = StudyError(source.filename, "line 5", "FileNotFoundError: [Errno 2] No such file or "
+                                                "directory: 'classes.txt'")
+    report = setup_failure_report(source, err)
+    reason = report[SETUP_FAILED]
+    assert reason.startswith("the study file does not import in a trial process: "
+                             "FileNotFoundError: [Errno 2] No such file or directory: "
+                             f"'classes.txt' (line 5 of {source.filename}; working directory")
+    assert "\n" not in reason
+    # the metrics Tune's scheduler and searcher read are there (NaN), so Tune takes the report
+    for column in ("valid_final_avg_accuracy", "test_final_avg_accuracy",
+                   "valid_avg_accuracy", "test_avg_accuracy"):
+        assert math.isnan(report[column])
+    assert setup_failure(SimpleNamespace(last_result=report)) == reason
+    assert setup_failure(SimpleNamespace(last_result={"experience": 1})) is None
+
+
+def test_no_address_means_a_local_ray_of_our_own_and_ray_address_is_honoured(monkeypatch):
+    from raycl.tune.runner import local_ray, ray_init_kwargs
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert local_ray(None) and ray_init_kwargs(None)["address"] == "local"
+    assert ray_init_kwargs("auto")["address"] == "auto" and not local_ray("auto")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # what a Ray job sets
+    assert not local_ray(None)
+    kwargs = ray_init_kwargs(None)
+    assert kwargs["address"] is None  # ray.init reads RAY_ADDRESS itself
+    assert "include_dashboard" not in kwargs
+
+
+def test_object_store_locks_are_written_then_read_back_and_refreshed(tmp_path, monkeypatch,
+                                                                      capsys):
+    import json
+    import time
+
+    import raycl.study.results as results
+    from raycl.study.results import StudyLock, StudyLocked
+
+    # a pyarrow file system that is not the local one takes the object-store path (no
+    # exclusive create: write, wait, read back)
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    lock_file = tmp_path / "tiny" / ".lock"
+    monkeypatch.setattr(results, "LOCK_SETTLE_S", 0.01)
+    lock = StudyLock.acquire(fs, "tiny", "s3://bucket/tiny", "tiny")
+    assert json.loads(lock_file.read_text())["token"] == lock.info["token"]
+    with pytest.raises(StudyLocked, match=r"in s3://bucket/tiny is being run by pid \d+"):
+        StudyLock.acquire(fs, "tiny", "s3://bucket/tiny", "tiny")
+    lock.release()
+    assert not lock_file.exists()
+
+    # two runs that both saw no lock: the one whose write is not there on reading back yields
+    other = {"pid": 1, "host": "elsewhere.example", "started_at": "now", "token": "theirs"}
+    sleep = time.sleep
+
+    def their_write_lands(seconds):
+        lock_file.write_text(json.dumps(other))
+        sleep(seconds)
+
+    monkeypatch.setattr(results.time, "sleep", their_write_lands)
+    with pytest.raises(StudyLocked, match="pid 1 on host elsewhere.example"):
+        StudyLock.acquire(fs, "tiny", "s3://bucket/tiny", "tiny")
+    monkeypatch.setattr(results.time, "sleep", sleep)
+    assert json.loads(lock_file.read_text()) == other  # theirs, untouched
+
+    # another host's lock not refreshed for longer than the timeout is stale: taken over
+    old = time.time() - results.LOCK_STALE_AFTER_S - 1
+    os.utime(lock_file, (old, old))
+    monkeypatch.setattr(results, "LOCK_REFRESH_S", 0.05)
+    lock = StudyLock.acquire(fs, "tiny", "s3://bucket/tiny", "tiny")
+    assert capsys.readouterr().err.startswith(
+        "raycl: taking over the stale lock of study 'tiny' (pid 1 on host elsewhere.example")
+    try:
+        # the holder refreshes its lock, so a long study is never stale
+        written = lock_file.stat().st_mtime
+        deadline = time.monotonic() + 10
+        while lock_file.stat().st_mtime == written and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock_file.stat().st_mtime > written
+        # ... and says so once if another run took it over meanwhile
+        lock_file.write_text(json.dumps(other))
+        deadline = time.monotonic() + 10
+        while "no longer this run's" not in capsys.readouterr().err:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        lock.release()
+    assert json.loads(lock_file.read_text()) == other  # not this run's to remove

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from study_files import CHECKPOINT_KILLS, DIES, TINY, write_study
+from study_files import CHECKPOINT_KILLS, DIES, ONE_TRIAL, READS_RELATIVE, TINY, write_study
 
 from raycl.study.plan import prepare_run
 from raycl.tune.runner import run_study
@@ -379,3 +379,133 @@ def test_driver_killed_in_the_confirmation_phase_resumes_without_rerunning_the_s
     matrix = pd.read_parquet(folder / "matrix.parquet")
     assert not matrix.duplicated(["trial_key", "split", "trained_exp", "eval_exp"]).any()
     assert set(matrix["split"]) == {"valid", "test"}
+
+
+# ---- a study's results belong to one study -------------------------------------------------------
+def test_a_run_started_while_another_runs_the_study_is_refused_and_the_first_keeps_its_rows(
+        ray_address, tmp_path):
+    from raycl.study import load_study, plan_trials
+
+    first_file = write_study(tmp_path, TINY, name="first.py", replace=SLOW)
+    # another study file of the same name: its rows must never join the first's
+    second_file = write_study(tmp_path, TINY, name="second.py",
+                              replace={**SLOW, "train_epochs=1,": "train_epochs=2,"})
+    storage = tmp_path / "results"
+    folder = storage / "tiny"
+
+    def command(path):
+        return [sys.executable, "-m", "raycl.study", str(path), "--address", ray_address,
+                "--gpus-per-trial", "0", "--storage", str(storage)]
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(command(first_file), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder / ".lock").exists():  # validated, locked: Ray not started yet
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        for path in (second_file, first_file):
+            second = subprocess.run(command(path), env=env, capture_output=True, text=True,
+                                    timeout=120)
+            assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+            assert second.stdout == "" and second.stderr.count("\n") == 1, second.stderr
+            assert second.stderr.startswith(f"error: study 'tiny' in {folder} is being run by "
+                                            f"pid {first.pid} on host "), second.stderr
+        output = first.communicate(timeout=300)[0]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, output[-3000:]
+    trials = pd.read_parquet(folder / "trials.parquet")
+    planned = plan_trials(load_study(first_file))
+    assert sorted(trials["trial_key"]) == sorted(t.trial_key for t in planned)
+    assert set(trials["status"]) == {"TERMINATED"}
+    assert json.loads((folder / "study.json").read_text())["train_epochs"] == 1
+    assert not (folder / ".lock").exists()  # released at the end
+
+
+_OTHER_RAY = """
+import sys
+from ray.cluster_utils import Cluster
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+print(cluster.address, flush=True)
+sys.stdin.read()  # until the test closes stdin
+cluster.shutdown()
+"""
+
+
+def test_without_an_address_a_ray_already_running_is_not_joined(tmp_path):
+    import shutil
+    import tempfile
+
+    # Ray's files (and its "latest cluster" record, which ray.init() without an address
+    # follows) in a folder of this test: nobody else's Ray is seen or touched
+    ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    other = subprocess.Popen([sys.executable, "-c", _OTHER_RAY], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        address = other.stdout.readline().strip()  # someone else's Ray on this machine
+        assert address, "the other Ray did not start"
+        # the danger is real: ray.init() without an address joins that Ray
+        joined = subprocess.run(
+            [sys.executable, "-c", "import ray; ray.init(logging_level='ERROR'); "
+             "print(ray.get_runtime_context().gcs_address); ray.shutdown()"],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert joined.stdout.split()[-1:] == [address], joined.stdout + joined.stderr[-2000:]
+
+        path = write_study(tmp_path, ONE_TRIAL)
+        done = subprocess.run([sys.executable, "-m", "raycl.study", str(path), "--storage",
+                               str(tmp_path / "results"), "--gpus-per-trial", "0"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        which = [ln for ln in done.stdout.splitlines() if ln.startswith("Ray: ")]
+        assert len(which) == 1 and which[0].startswith(
+            "Ray: local Ray started for this study ("), done.stdout
+        assert address not in which[0]
+        trials = pd.read_parquet(tmp_path / "results" / "one" / "trials.parquet")
+        assert list(trials["status"]) == ["TERMINATED"]
+    finally:
+        other.stdin.close()
+        try:
+            other.wait(timeout=60)
+        finally:
+            if other.poll() is None:
+                other.kill()
+                other.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_study_file_failing_in_the_trial_processes_is_not_retried_and_says_why(
+        ray_address, tmp_path, monkeypatch, capsys):
+    from raycl.study.__main__ import main
+
+    path = write_study(tmp_path, READS_RELATIVE)
+    line = next(i + 1 for i, text in enumerate(path.read_text().splitlines())
+                if text.startswith("CLASSES ="))
+    (tmp_path / "classes.txt").write_text("0 1 2 3\n")
+    monkeypatch.chdir(tmp_path)  # the driver finds classes.txt; trial processes do not
+    # in this process: the module's Ray is used (the header says so)
+    assert main([str(path), "--storage", str(tmp_path / "results"), "--gpus-per-trial", "0"]) == 1
+    captured = capsys.readouterr()
+    assert "Ray: Ray cluster at " in captured.out
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
+    cause = ("the study file does not import in a trial process: FileNotFoundError: [Errno 2] "
+             f"No such file or directory: 'classes.txt' (line {line} of {path}; ")
+    assert len(errors) == 1 and errors[0].startswith(f"error: {cause}"), captured.err
+    assert "the study was stopped" in captured.out
+    assert "restarting from its last checkpoint" not in captured.out
+
+    trials = pd.read_parquet(tmp_path / "results" / "relative" / "trials.parquet")
+    assert len(trials) >= 1 and set(trials["status"]) == {"ERROR"}
+    assert trials["error"].str.startswith(cause).all()
+    # each trial imported the file once: never retried (max_failures=2 would make it 3 times)
+    imports = [ln.split() for ln in (tmp_path / "imports.log").read_text().splitlines()]
+    in_trials = [who for pid, who in imports if who != "driver"]
+    assert all(int(pid) == os.getpid() for pid, who in imports if who == "driver")
+    assert len(in_trials) == len(set(in_trials)) >= len(trials)
+    assert set(trials["trial_id"]) <= set(in_trials)

@@ -82,7 +82,7 @@ from raycl.study.settings import METADATA_KEY, SETTINGS_FILE
 from raycl.study.spec import TrialSpec
 
 __all__ = ["LOCK_FILE", "LOCK_REFRESH_S", "LOCK_SETTLE_S", "LOCK_STALE_AFTER_S", "SMOKE_FOLDER",
-           "ResultStore", "StudyLock", "StudyLocked", "metric_frame", "resolve_storage"]
+           "ResultStore", "StudyLock", "StudyLocked", "resolve_storage"]
 
 #: The folder under the storage root that holds ``--smoke`` checks (``<storage>/smoke/<name>/``);
 #: no study may be named so (the loader refuses it), so a check never replaces a study's files.
@@ -455,6 +455,7 @@ class StudyLock:
     def __init__(self, fs: pafs.FileSystem, folder: str, uri: str, study: str) -> None:
         self.fs, self.folder, self.study = fs, folder, study
         self.path = f"{folder}/{LOCK_FILE}"
+        self.folder_uri = uri
         self.uri = f"{uri}/{LOCK_FILE}"
         self.local = isinstance(fs, pafs.LocalFileSystem)
         self.info = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -510,7 +511,7 @@ class StudyLock:
                 f.flush()
                 os.fsync(f.fileno())
             return
-        raise StudyLocked(f"study '{self.study}' in {self.folder}: its lock {self.uri} keeps "
+        raise StudyLocked(f"study '{self.study}' in {self.folder_uri}: its lock {self.uri} keeps "
                           f"changing hands; another run is starting on it")
 
     def _take_over_local(self, stale: Mapping[str, Any], reason: str) -> bool:
@@ -527,7 +528,7 @@ class StudyLock:
             if age > 60:  # left by a run killed in the middle of a takeover
                 self._remove_quietly(guard)
                 return False
-            raise StudyLocked(f"study '{self.study}' in {self.folder}: another run is taking "
+            raise StudyLocked(f"study '{self.study}' in {self.folder_uri}: another run is taking "
                               f"over its stale lock {self.uri} right now") from None
         try:
             os.close(fd)
@@ -609,7 +610,7 @@ class StudyLock:
         return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, started {_when(info)}"
 
     def _held_message(self, info: Mapping[str, Any]) -> str:
-        return (f"study '{self.study}' in {self.folder} is being run by "
+        return (f"study '{self.study}' in {self.folder_uri} is being run by "
                 f"{self._holder(info)}; wait for it to end, or remove {self.uri} if that run "
                 f"is gone")
 
@@ -732,14 +733,3 @@ def _column(col: str, values: list[Any]) -> pd.Series:
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
         return pd.Series(values, dtype=object)  # strings and booleans
     return pd.Series([math.nan if v is None else float(v) for v in values], dtype="float64")
-
-
-def metric_frame(trials: pd.DataFrame, curves: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """``trials`` with a ``metric`` column (taken from each trial's last curves row when the
-    metric is not a trials column, e.g. ``avg_accuracy``)."""
-    if metric in trials.columns or trials.empty:
-        return trials
-    if metric not in curves.columns:
-        return trials.assign(**{metric: float("nan")})
-    last = (curves.sort_values(EXPERIENCE).groupby(TRIAL_KEY)[metric].last())
-    return trials.assign(**{metric: trials[TRIAL_KEY].map(last)})

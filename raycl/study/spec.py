@@ -74,6 +74,11 @@ class UnknownFieldError(TypeError):
         self.cls_name = cls_name
         self.name = name
         self.hint = hint
+        self.known = list(known)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # crosses from a trial process to the driver: rebuilt from its arguments
+        return (type(self), (self.cls_name, self.name, self.known))
 
 
 _T = TypeVar("_T")

@@ -40,6 +40,7 @@ from ray import tune
 
 from raycl.study.plan import PreparedRun, RunError, TrialSpec, arm_budget
 from raycl.study.protocol import rank_column, search_phase, trial_where
+from raycl.study.results import ResultStore
 from raycl.study.schema import (
     AVG_ACCURACY,
     DIVERGED,
@@ -173,7 +174,7 @@ class _Recorder(ParquetCallback):
     with the reason, is not retried (it raised nothing), and stops the study: every trial
     would fail the same way."""
 
-    def __init__(self, store: Any, stopper: _StopOnSignal) -> None:
+    def __init__(self, store: ResultStore, stopper: _StopOnSignal) -> None:
         super().__init__(store)
         self.stopper = stopper
 
