@@ -82,7 +82,7 @@ from raycl.study.settings import METADATA_KEY, SETTINGS_FILE
 from raycl.study.spec import TrialSpec
 
 __all__ = ["LOCK_FILE", "LOCK_REFRESH_S", "LOCK_SETTLE_S", "LOCK_STALE_AFTER_S", "SMOKE_FOLDER",
-           "ResultStore", "StudyLock", "StudyLocked", "resolve_storage"]
+           "ResultStore", "StudyLock", "StudyLocked", "process_alive", "resolve_storage"]
 
 #: The folder under the storage root that holds ``--smoke`` checks (``<storage>/smoke/<name>/``);
 #: no study may be named so (the loader refuses it), so a check never replaces a study's files.
@@ -411,8 +411,8 @@ class StudyLocked(Exception):
 _HELD: set[str] = set()
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (another user's counts)."""
     if pid <= 0:
         return False
     try:
@@ -596,7 +596,7 @@ class StudyLock:
         if host == socket.gethostname() and isinstance(pid, int):
             if pid == os.getpid() and info.get("token") not in _HELD:
                 return f"process {pid} is this one, so the run that wrote it is gone"
-            return None if _alive(pid) else f"its process {pid} is gone"
+            return None if process_alive(pid) else f"its process {pid} is gone"
         age = time.time() - mtime
         if age > LOCK_STALE_AFTER_S:
             return (f"not refreshed for {age / 60:.0f} min (a running study refreshes it "

@@ -35,7 +35,7 @@ from ray import tune
 
 from raycl.study.loader import StudyError
 from raycl.study.plan import StudySource
-from raycl.study.results import resolve_storage
+from raycl.study.results import process_alive, resolve_storage
 from raycl.study.schema import AVG_ACCURACY, SPLITS, metric_column, split_column
 from raycl.study.spec import Study
 from raycl.tune.compat import quiet_checkpoint_logs, spec_of_config
@@ -176,7 +176,7 @@ def remove_stale_temporaries(folder: str | os.PathLike[str] | None = None,
         return removed
     for path in candidates:
         pid = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or process_alive(int(pid)):
             continue
         try:
             if time.time() - path.stat().st_mtime < min_age_s:
@@ -186,16 +186,6 @@ def remove_stale_temporaries(folder: str | os.PathLike[str] | None = None,
         shutil.rmtree(path, ignore_errors=True)
         removed.append(str(path))
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 _STUDIES: dict[str, Study] = {}
