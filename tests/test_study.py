@@ -422,3 +422,31 @@ def test_trials_record_their_plugins_and_can_reset_the_optimizer_like_the_refere
     assert kept[0][0]["test_acc_exp_000"] == reset[0][0]["test_acc_exp_000"]
     assert [m["test_acc_exp_000"] for m, _ in kept[1:]] != [
         m["test_acc_exp_000"] for m, _ in reset[1:]]
+
+
+def test_resume_with_nothing_left_rebuilds_a_damaged_matrix(tmp_path, capsys):
+    """Garbage in matrix.parquet and every trial done: --resume rewrites the matrix from the
+    curves rows (no Ray is needed for that) instead of leaving it unreadable."""
+    from raycl.study.plan import prepare_run
+
+    path = write_study(tmp_path, TINY, replace={
+        "Arm(\"ewc\",": "# Arm(\"ewc\",", "{\"ewc_lambda\": tune.loguniform(1.0, 100.0)}),":
+        "# ", "Arm(\"si\",": "# Arm(\"si\",",
+        "{\"si_lambda\": tune.grid_search([0.1, 1.0])}),": "# "})
+    storage = tmp_path / "results"
+    prepared = prepare_run(path, storage=str(storage), check_storage=False)
+    prepared.release()
+    assert [t.arm for t in prepared.planned] == ["naive", "naive"]
+    store = ResultStore(storage, "tiny")
+    store.set_settings(prepared.settings)
+    for t in prepared.planned:
+        for exp in range(3):
+            store.add_report(t, f"id{t.seed}", _metrics(exp))
+        store.set_trial(t, f"id{t.seed}", "TERMINATED", _metrics(2))
+    store.write()
+    folder = storage / "tiny"
+    good = pd.read_parquet(folder / "matrix.parquet")
+    (folder / "matrix.parquet").write_bytes(b"not parquet")
+    assert main([str(path), "--storage", str(storage), "--resume"]) == 0
+    assert "all 2 trials are done already" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "matrix.parquet"), good)

@@ -509,3 +509,18 @@ def test_a_study_file_failing_in_the_trial_processes_is_not_retried_and_says_why
     assert all(int(pid) == os.getpid() for pid, who in imports if who == "driver")
     assert len(in_trials) == len(set(in_trials)) >= len(trials)
     assert set(trials["trial_id"]) <= set(in_trials)
+
+
+def test_resources_no_node_has_are_one_line_and_exit_2_on_a_local_ray(tmp_path):
+    """On raycl's own local Ray (a fixed size), a trial asking for more CPUs than the machine
+    has would wait forever: refused at once, in one line, before any trial."""
+    path = write_study(tmp_path, TINY)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-m", "raycl.study", str(path), "--storage",
+                           str(tmp_path / "results"), "--cpus-per-trial", "64"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "asks for 64 CPU" in errors[0], done.stderr[-2000:]
+    assert not (tmp_path / "results" / "tiny" / "trials.parquet").exists()

@@ -344,6 +344,13 @@ def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str |
         done = len(prepared.store.done_keys())
         print(f"study {prepared.study.name}: all {done} trials are done already", file=out)
         prepared.store.set_derived(prepared.derived())
+        # Rewritten from the rows held (trials and curves): a matrix or derived table that
+        # was damaged, or written by an interrupted run, is rebuilt.
+        try:
+            prepared.store.write()
+        except OSError as err:
+            raise RunError(f"cannot write the results to {prepared.store.uri}: "
+                           f"{' '.join(str(err).split())}") from None
         return _outcome(prepared, [], start, False, out)
 
     import ray
@@ -367,6 +374,21 @@ def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str |
     interrupted = stopper.stopped or run.ended < run.expected or bool(write_error)
     return _outcome(prepared, list(parquet.started), start, interrupted, out,
                     failure=stopper.failure)
+
+
+def _unplaceable(study: Study, gpus: float) -> str | None:
+    """What one trial asks for that no alive node of the connected Ray has (None: some node
+    can run it)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = float(study.resources.cpus_per_trial)
+    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        return None
+    most_cpu = max((r.get("CPU", 0) for r in nodes), default=0)
+    most_gpu = max((r.get("GPU", 0) for r in nodes), default=0)
+    return (f"{cpus:g} CPU and {gpus:g} GPU, and the largest node has {most_cpu:g} CPU and "
+            f"{most_gpu:g} GPU")
 
 
 def _gcs_address(fallback: str | None) -> str:
@@ -419,6 +441,14 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
     try:
         with _stop_on_signals(stopper, out):
             gpus = _gpus_per_trial(study)
+            missing = _unplaceable(study, gpus)
+            if missing and which.startswith("local Ray started"):  # a fixed size: never
+                raise RunError(f"no node of this machine's Ray can run a trial: it asks for "
+                               f"{missing}; lower --cpus-per-trial / --gpus-per-trial")
+            if missing:  # a cluster may grow (autoscaler): say so and go on
+                print(f"raycl: warning: no node of the Ray cluster can run a trial now: it "
+                      f"asks for {missing}; trials wait until the autoscaler adds such a node",
+                      file=sys.stderr)
             for line in header(study, resources_text(study, gpus)):
                 print(line, file=out)
             print(f"Ray: {which}", file=out)
