@@ -219,17 +219,13 @@ class PreparedRun:
         frames = self.store.frames()
         return next_batch(self.study, frames["trials"], frames["curves"], tried, self.planned)
 
-    def selection(self) -> pd.DataFrame:
-        """selection.parquet as the results stand."""
-        frames = self.store.frames()
-        return selection_frame(self.study, frames["trials"], frames["curves"])
-
     def derived(self) -> dict[str, pd.DataFrame]:
         """selection.parquet and comparisons.parquet as the results stand."""
         frames = self.store.frames()
         trials, curves = frames["trials"], frames["curves"]
-        return {SELECTION_TABLE: selection_frame(self.study, trials, curves),
-                COMPARISONS_TABLE: comparisons_frame(self.study, trials, curves)}
+        comparisons = comparisons_frame(self.study, trials, curves)
+        return {SELECTION_TABLE: selection_frame(self.study, trials, curves, comparisons),
+                COMPARISONS_TABLE: comparisons}
 
     def _finished(self) -> list[dict[str, Any]]:
         """Search-phase rows of earlier runs that finished (``--resume``)."""

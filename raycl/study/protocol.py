@@ -527,13 +527,17 @@ def _intransigence(study: Study, reported: pd.DataFrame, curves: pd.DataFrame
     return out
 
 
-def selection_frame(study: Study, trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+def selection_frame(study: Study, trials: pd.DataFrame, curves: pd.DataFrame,
+                    comparisons: pd.DataFrame | None = None) -> pd.DataFrame:
     """selection.parquet: one row per arm with a choice (see ``raycl.study.schema``): the
     chosen config, the value it was chosen on, the reported figure with its confidence
-    interval, and its verdict from the paired comparisons."""
+    interval, and its verdict from the paired comparisons (``comparisons``: the
+    :func:`comparisons_frame` of the same tables when the caller has it already)."""
     chosen = choices(study, trials, curves)
     reported = reported_rows(study, trials, curves)
-    verdicts = _verdicts(comparisons_frame(study, trials, curves))
+    if comparisons is None:
+        comparisons = comparisons_frame(study, trials, curves)
+    verdicts = _verdicts(comparisons)
     intransigence = _intransigence(study, reported, curves)
     rank, report = rank_column(study), report_column(study)
     search = _finished(trials, search_phase(study))

@@ -46,6 +46,7 @@ from raycl.study.schema import (
     DIVERGED,
     ERROR,
     ERRORED,
+    SELECTION_TABLE,
     STATUS,
     TERMINATED,
     TEST,
@@ -511,7 +512,11 @@ def _outcome(prepared: PreparedRun, trial_ids: list[str], start: float, interrup
     trials = frames["trials"]
     mine = trials[trials[TRIAL_ID].isin(trial_ids)] if trial_ids else trials.iloc[:0]
     errored = mine[STATUS] == ERRORED
-    lines = summary_lines(prepared.selection(), trials)
+    # set with the last write of this run (or of the all-done path)
+    selection = frames.get(SELECTION_TABLE)
+    if selection is None:
+        selection = prepared.derived()[SELECTION_TABLE]
+    lines = summary_lines(selection, trials)
     outcome = StudyOutcome(
         study=study, directory=store.uri, paths={t: store.path(t) for t in frames},
         started=len(trial_ids), finished=int((mine[STATUS] == TERMINATED).sum()),
