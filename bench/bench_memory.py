@@ -1,6 +1,7 @@
 """Memory plugins (Replay, GDumb, GEM, A-GEM) against a hand-written PyTorch loop.
 
-    .venv/bin/python bench/bench_memory.py [--device cuda] [--repeats 5]
+    .venv/bin/python bench/bench_memory.py [--device cuda] [--repeats 5] [--no-scaling]
+        [--only Replay,A-GEM,GEM]
 
 Prints, for the peer-timings workload (see bench/common.py; class-IL split, 5 experiences,
 MLP 784-256-256-10, batch 32, 2 epochs): the training time of each strategy, interleaved and the
@@ -18,6 +19,7 @@ Then GEM's cost per training iteration with 1 to 10 past experiences in memory, 
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -143,13 +145,20 @@ def _train_time(s: Naive, exp, device: str) -> float:
 
 
 def main() -> None:
-    args = bench_args(__doc__)
+    def options(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--no-scaling", action="store_true", help="skip GEM's scaling table")
+        ap.add_argument("--only", default="", help="comma-separated name prefixes to time")
+
+    args = bench_args(__doc__, options)
     dev = args.device
+    only = [o for o in args.only.split(",") if o]
 
     bench = make_benchmark("class")
     plain_loop(bench, make_mlp(), dev)  # warm-up
     fns = {"plain loop": lambda: plain_loop(bench, make_mlp(), dev)}
     for name, make in STRATEGIES.items():
+        if only and name != "Naive" and not any(name.startswith(o) for o in only):
+            continue
         fns[name] = lambda m=make: time_strategy(lambda: strategy(dev, m()), bench)
     fns["floor: plain + 100-sample pass"] = lambda: floor_with_memory_pass(bench, dev, False)
     fns["floor: plain + 100/past-exp pass"] = lambda: floor_with_memory_pass(bench, dev, True)
@@ -160,7 +169,8 @@ def main() -> None:
     print(f"{'':34s} {'train s':>8s} {'ratio':>6s}")
     for k, v in res.items():
         print(f"{k:34s} {v:8.3f} {v / floor:5.2f}x")
-    gem_scaling(bench, dev, args.repeats)
+    if not args.no_scaling:
+        gem_scaling(bench, dev, args.repeats)
 
 
 if __name__ == "__main__":

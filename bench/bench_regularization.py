@@ -236,7 +236,7 @@ def bench_breakdown(device: str, repeats: int) -> None:
     """Seconds spent inside each plugin callback (class scenario; median over ``repeats``)."""
     bench = make_benchmark("class")
     print("\n# class scenario: seconds inside each plugin callback (the rest of the overhead is "
-          "the penalty's gradient, added during backward, and cache effects)")
+          "the loop itself and cache effects)")
     for name, make in PLUGINS.items():
         if make is None:
             continue

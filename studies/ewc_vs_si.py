@@ -42,6 +42,8 @@ study = Study(
                                  decay_factor=c["decay_factor"])],
             {"ewc_lambda": tune.loguniform(10.0, 5e3),
              "decay_factor": tune.uniform(0.5, 1.0)}),
+        # SI's usable range with SGD momentum 0.9 is lr * si_lambda <~ 0.015 (docs/methods.md,
+        # "Quadratic penalties"): <= 1 at lr 0.01; every si_lambda >= 1 diverged at lr 0.05
         Arm("si", lambda c: [SynapticIntelligencePlugin(c["si_lambda"])],
             {"si_lambda": tune.loguniform(0.01, 1.0)}),
     ],

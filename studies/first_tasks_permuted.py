@@ -27,6 +27,8 @@ study = Study(
         Arm("naive", baseline=True),
         Arm("ewc", lambda c: [EWCPlugin(c["ewc_lambda"], mode="separate")],
             {"ewc_lambda": tune.loguniform(10.0, 5e3)}),
+        # SI's usable range with SGD momentum 0.9 is lr * si_lambda <~ 0.015 (docs/methods.md,
+        # "Quadratic penalties"): <= 1 at lr 0.01; every si_lambda >= 1 diverged at lr 0.05
         Arm("si", lambda c: [SynapticIntelligencePlugin(c["si_lambda"])],
             {"si_lambda": tune.loguniform(0.01, 1.0)}),
     ],

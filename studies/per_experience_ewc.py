@@ -27,8 +27,10 @@ study = Study(
         Arm("naive", baseline=True),
         Arm("ewc", lambda c: [EWCPlugin(c["ewc_lambda"], mode="separate")],
             stability="ewc_lambda", stability_start=1e4),
+        # the lr grid reaches 0.05, where every si_lambda >= 1 diverged (docs/methods.md,
+        # "Quadratic penalties"): start at the top of the range that trains there
         Arm("si", lambda c: [SynapticIntelligencePlugin(c["si_lambda"])],
-            stability="si_lambda", stability_start=1.0),
+            stability="si_lambda", stability_start=0.3),
     ],
     seeds=[0, 1, 2],
     selection="per_experience",

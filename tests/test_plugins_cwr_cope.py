@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from types import SimpleNamespace
@@ -103,23 +104,49 @@ def test_cwr_freezes_other_layers_from_the_second_experience():
         assert torch.equal(v, features[k]), k
 
 
-def _cwr_run(seed, use_cwr):
-    torch.manual_seed(seed)
+@functools.cache
+def _pretrained_trunk(seed: int) -> dict[str, torch.Tensor]:
+    """SimpleMLP 64-128-10 trained jointly on every class of the digits (5 epochs, SGD lr 0.01
+    momentum 0.9), then given a fresh output layer: good features, an untrained classifier
+    (CWR*'s paper starts from an ImageNet-pretrained network the same way). Its state."""
     bench = SplitDigits(n_experiences=5, seed=seed)
-    model = SimpleMLP(num_classes=10, input_size=64, hidden_size=256, drop_rate=0.0)
-    strategy = Naive(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
-                     train_mb_size=16, train_epochs=4, eval_mb_size=512,
+    torch.manual_seed(seed)
+    model = SimpleMLP(num_classes=10, input_size=64, hidden_size=128, drop_rate=0.0)
+    x = torch.cat([e.dataset.x for e in bench.train_stream])
+    y = torch.cat([e.dataset.targets for e in bench.train_stream])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(5):
+        for idx in torch.randperm(len(y)).split(32):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.classifier.reset_parameters()
+    return model.state_dict()
+
+
+def _cwr_run(seed, use_cwr):
+    bench = SplitDigits(n_experiences=5, seed=seed)
+    model = SimpleMLP(num_classes=10, input_size=64, hidden_size=128, drop_rate=0.0)
+    model.load_state_dict(_pretrained_trunk(seed))
+    torch.manual_seed(seed)
+    strategy = Naive(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                     train_mb_size=32, train_epochs=2, eval_mb_size=512,
                      plugins=[CWRStarPlugin(model)] if use_cwr else [],
                      evaluator=EvaluationPlugin(accuracy_metrics(stream=True)))
     strategy.train(bench.train_stream)
     return strategy.eval(bench.test_stream)[STREAM_ACC]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_cwr_above_naive_in_class_il(seed):
-    naive, cwr = _cwr_run(seed, False), _cwr_run(seed, True)
-    assert naive < 0.25  # naive keeps only the last experience's two classes
-    assert cwr > naive + 0.15  # 8 seeds: naive 0.20, CWR* 0.46-0.70
+def test_cwr_on_good_features_keeps_every_class_where_naive_keeps_the_last():
+    """CWR* is for features that are already good (it trains only the output layer after the
+    first experience). On a trunk pretrained on all ten digits with a fresh head, class-IL
+    fine-tuning ends with the last experience's classes (naive), CWR* with all of them. From
+    scratch at the issue-17 settings (MLP 64-256-256, lr 0.05, 2 epochs) it stays near chance
+    instead (``bench/bench_fidelity.py cwr``). Checked on seeds 0-9: naive 0.19-0.38, CWR*
+    0.76-0.86, single margins +0.42 to +0.61, means over seeds 0-4 and 5-9 +0.53 and +0.50;
+    the test asks +0.4 of the mean over seeds 0-4."""
+    margins = [_cwr_run(s, True) - _cwr_run(s, False) for s in range(5)]
+    assert sum(margins) / len(margins) > 0.4
 
 
 # ---- resume -------------------------------------------------------------------------------------

@@ -62,8 +62,8 @@ def test_hooks_fire_in_reference_order():
     strategy.eval(bench.test_stream[:1])
 
     iteration = ["before_training_iteration", "before_forward", "after_forward",
-                 "before_backward", "after_backward", "before_update", "after_update",
-                 "after_training_iteration"]
+                 "before_backward", "after_loss_backward", "after_backward", "before_update",
+                 "after_update", "after_training_iteration"]
     exp = (["before_train_dataset_adaptation", "after_train_dataset_adaptation",
             "before_training_exp", "before_training_epoch"] + iteration * 2
            + ["after_training_epoch", "after_training_exp"])

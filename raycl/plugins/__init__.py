@@ -28,6 +28,7 @@ _LAZY = {
     "CWRStarPlugin": "cwr_star",
     "CoPEPlugin": "cope",
     "PPPloss": "cope",
+    "PenaltyStabilityWarning": "_stability",
 }
 
 __all__ = ["HOOKS", "Strategy", "StrategyPlugin", "plugin_spec", *_LAZY]

@@ -7,9 +7,11 @@
 * :class:`QuadraticPenalty` is ``sum_k w_k (theta_k - c_k)^2 + const`` over many tensors with
   ``torch._foreach_*`` ops (a few kernels per iteration whatever the number of tensors, no host
   sync). Its gradient has a closed form, so it is not differentiated by autograd but added to
-  each parameter's ``.grad`` at the end of the backward pass, after the loss's own gradient has
-  been accumulated there: the gradient of the loss *without* the penalty comes for free, which
-  SI and RWalk need (the reference runs an extra forward/backward for it).
+  each parameter's ``.grad`` by :meth:`QuadraticPenalty.apply_gradient`, which the plugins call
+  from the loop's ``after_loss_backward`` callback, after the loss's own gradient has been
+  accumulated there: the gradient of the loss *without* the penalty comes for free, which SI
+  and RWalk need (the reference runs an extra forward/backward for it).
+* ``raycl.plugins._stability.warn_if_unstable`` checks the penalty against the optimizer.
 """
 
 from __future__ import annotations
@@ -99,12 +101,12 @@ class QuadraticPenalty:
 
     :meth:`add_to` adds the value to a loss; the penalty's gradient ``2 w (theta - c)`` is not
     differentiated by autograd but, known in closed form, added to every parameter's ``.grad``
-    at the end of that loss's backward pass (an engine callback queued by a hook on the loss;
-    scaled like the loss's gradient, so a rescaled loss stays exact). With ``r = sqrt(w)``
-    and ``u = r * theta - r * c`` (one fused pass) the value is ``|u|^2`` and the gradient
-    ``2 r u``: three passes over the parameters and two Python callbacks per iteration, where
-    autograd through the same expression takes five passes and a custom ``autograd.Function``
-    four plus its Python overhead.
+    by :meth:`apply_gradient` once that loss's backward pass has returned (the strategy's
+    ``after_loss_backward`` callback). A hook on the loss records the gradient that reached it,
+    so a loss rescaled after the penalty was added stays exact. With ``r = sqrt(w)`` and
+    ``u = r * theta - r * c`` (one fused pass) the value is ``|u|^2`` and the gradient
+    ``2 r u``: three passes over the parameters per iteration, where autograd through the same
+    expression takes five and a custom ``autograd.Function`` four plus its Python overhead.
     """
 
     def __init__(self, weights: dict[str, Tensor], centres: dict[str, Tensor],
@@ -134,19 +136,26 @@ class QuadraticPenalty:
         return value + self.const if self.const else value
 
     def add_to(self, loss: Tensor) -> Tensor:
-        """``loss + value``, whose backward also adds the penalty's gradient to ``.grad``."""
+        """``loss + value``; after its backward, :meth:`apply_gradient` adds the penalty's
+        gradient to ``.grad``."""
         total = loss + self.value()
         self._scale, self.task_grads = None, [None] * len(self.params)
         if total.requires_grad:
-            total.register_hook(self._queue)
+            total.register_hook(self._record_scale)
         return total
 
-    def _queue(self, grad: Tensor) -> None:
-        if self._scale is None:  # once per add_to, even if the graph is run twice
+    def _record_scale(self, grad: Tensor) -> None:
+        if self._scale is None:  # the first backward through this add_to sets the scale
             self._scale = grad
-            torch.autograd.Variable._execution_engine.queue_callback(self._apply)
 
-    def _apply(self) -> None:
+    def apply_gradient(self) -> None:
+        """Add the penalty's gradient, scaled as the loss's was, to each parameter's ``.grad``.
+
+        Call it once the backward pass of the loss returned by :meth:`add_to` has run (the
+        plugins do, in ``after_loss_backward``); it does nothing before that backward or a
+        second time. With ``keep_task_grads`` the gradients found in ``.grad`` (the loss's
+        without the penalty) are kept in :attr:`task_grads` and ``.grad`` gets new tensors.
+        """
         u, scale = self._u, self._scale
         if not u or scale is None:
             return
@@ -170,6 +179,11 @@ class QuadraticPenalty:
             for i, g in enumerate(grads):
                 if g is None:  # not reached by the loss: the penalty's gradient alone
                     self.params[i].grad = self._r[i] * u[i] * alpha
+
+    def max_curvatures(self) -> list[float]:
+        """Per parameter, the largest second derivative of the penalty, ``2 max w`` (one sync)."""
+        tops = [r.amax() if r.numel() else r.new_zeros(()) for r in self._r]
+        return torch.stack(tops).float().square().mul(2.0).tolist() if tops else []
 
     def __bool__(self) -> bool:
         return bool(self.params)

@@ -6,8 +6,10 @@ Every training step computes a reference gradient ``g_ref`` on ``sample_size`` m
 balanced over the stored experiences; after the backward pass, when ``g . g_ref < 0`` the gradient
 becomes ``g - (g . g_ref / g_ref . g_ref) g_ref``.
 
-The test ``g . g_ref < 0`` is folded into the arithmetic (the coefficient is clamped at zero), so
-the step never waits on the device. Only parameters that have a gradient this step take part.
+On an accelerator the test ``g . g_ref < 0`` is folded into the arithmetic (the coefficient is
+clamped at zero), so the step never waits on the device; on the CPU, where reading the scalar
+is free, a step without conflict skips the update. Only parameters that have a gradient this step
+take part.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from torch import Tensor, nn
 
 from raycl.benchmarks.base import TensorCLDataset
 from raycl.checks import check_int
+from raycl.plugins._episodic import EpisodicMemory, loss_gradients
 from raycl.plugins.base import Strategy, StrategyPlugin
-from raycl.plugins.gem import EpisodicMemory, loss_gradients
 from raycl.plugins.storage_policy import load_memory_state, memory_state
 
 
@@ -94,6 +96,12 @@ class AGEMPlugin(EpisodicMemory, StrategyPlugin):
                  if (g := p.grad) is not None]
         grads, refs = [g for g, _ in pairs], [r for _, r in pairs]
         dot = torch.stack([torch.vdot(g.reshape(-1), r.reshape(-1)) for g, r in pairs]).sum()
+        if dot.device.type == "cpu":  # reading a CPU scalar costs no sync: skip what is not needed
+            d = float(dot)
+            if d < 0:
+                sq = sum(float(torch.vdot(r.reshape(-1), r.reshape(-1))) for r in refs)
+                torch._foreach_add_(grads, refs, alpha=-d / max(sq, 1e-30))
+            return
         sq = torch.stack([torch.vdot(r.reshape(-1), r.reshape(-1)) for r in refs]).sum()
         # coefficient 0 when g . g_ref >= 0 (g unchanged), decided without a host sync
         coef = dot.clamp(max=0) / sq.clamp(min=1e-30)

@@ -40,6 +40,7 @@ HOOKS: tuple[str, ...] = (
     "before_forward",
     "after_forward",
     "before_backward",
+    "after_loss_backward",
     "after_backward",
     "before_update",
     "after_update",
@@ -98,7 +99,8 @@ class Strategy(Protocol):
     (``after_forward`` / ``after_eval_iteration``), ``loss`` (``before_backward``),
     ``adapted_dataset`` (``after_train_dataset_adaptation``, e.g. GDumb) and ``criterion``
     (swapped for a whole ``train`` / ``eval`` and restored, e.g. CoPE). Plugins may also write
-    parameter gradients (``after_backward``) and optimizer state. The properties are read-only
+    parameter gradients (add to them in ``after_loss_backward``, edit them in
+    ``after_backward``) and optimizer state. The properties are read-only
     for plugins.
     """
 
@@ -276,8 +278,16 @@ class StrategyPlugin:
     def before_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Called after ``loss`` is computed; penalties are added to ``strategy.loss`` here."""
 
+    def after_loss_backward(self, strategy: Strategy, **kwargs: Any) -> None:
+        """Called as soon as ``loss.backward()`` returns, before ``after_backward``.
+
+        ``.grad`` holds autograd's gradient of ``loss``. A plugin that put a term into the loss
+        whose gradient it knows in closed form (a quadratic penalty) adds that gradient to
+        ``.grad`` here instead of having autograd differentiate it; it only adds, so every
+        ``after_backward`` callback sees the gradient of the whole loss."""
+
     def after_backward(self, strategy: Strategy, **kwargs: Any) -> None:
-        """Called after gradients are computed; gradient projections happen here."""
+        """Called after gradients are complete; gradient projections happen here."""
 
     def before_update(self, strategy: Strategy, **kwargs: Any) -> None:
         """Called before ``optimizer.step()``."""

@@ -30,6 +30,7 @@ from raycl.plugins._params import (
     tensor_batches,
     trainable_params,
 )
+from raycl.plugins._stability import warn_if_unstable
 from raycl.plugins.base import Strategy, StrategyPlugin
 
 ParamDict = dict[str, Tensor]
@@ -39,7 +40,10 @@ class EWCPlugin(StrategyPlugin):
     """EWC: a quadratic penalty anchoring the weights important to past experiences.
 
     Args:
-        ewc_lambda: weight of the penalty (>= 0).
+        ewc_lambda: weight of the penalty (>= 0). With SGD momentum 0.9 and the default Fisher
+            at batch 32, ``lr * ewc_lambda <~ 30`` trains; past the optimizer's stability limit
+            a ``PenaltyStabilityWarning`` says so once (``docs/methods.md``, "Quadratic
+            penalties").
         mode: ``'separate'`` keeps one ``(F, theta*)`` per past experience and sums their
             penalties; ``'online'`` keeps one decayed ``F~_t = decay_factor * F~_(t-1) + F_t``
             and the latest ``theta*``.
@@ -77,11 +81,17 @@ class EWCPlugin(StrategyPlugin):
     def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Fold the stored importances into this experience's penalty."""
         self._penalty = self._build_penalty(trainable_params(strategy.model))
+        warn_if_unstable(self, strategy.optimizer, self._penalty, "ewc_lambda", self.ewc_lambda)
 
     def before_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Add the penalty to the loss (nothing before the first importances exist)."""
         if self._penalty:
             strategy.loss = self._penalty.add_to(strategy.loss)
+
+    def after_loss_backward(self, strategy: Strategy, **kwargs: Any) -> None:
+        """Add the penalty's closed-form gradient to ``.grad``."""
+        if self._penalty:
+            self._penalty.apply_gradient()
 
     def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
         """Estimate this experience's importances and save its weights."""

@@ -7,9 +7,11 @@ when the current gradient g has ``G g < 0`` somewhere, the dual QP
 ``min_v 1/2 v^T (G G^T + 1e-3 I) v + (G g)^T v  s.t.  v >= memory_strength`` is solved with
 quadprog in float64 and the gradient becomes ``G^T v + g``.
 
-Engineering, not math: the rows of G come from one vectorised pass (``torch.func``: ``vmap`` over
-experiences of ``grad`` of the mean loss) when the model allows it, else one backward per
-experience (e.g. multi-task models, whose routing depends on the data). The ridge 1e-3 leaves the
+Engineering, not math: the rows of G come from one fused forward/backward over all memories
+with per-experience weight gradients (models of ``nn.Linear`` layers, see ``_episodic``),
+else one vectorised pass (``torch.func``: ``vmap`` over experiences of ``grad`` of the mean
+loss) when the model allows it, else one backward per experience (e.g. multi-task models, whose
+routing depends on the data). The ridge 1e-3 leaves the
 constraints violated by up to ``1e-3 * v``; a few proximal-point steps (each a quadprog call with
 a shifted linear term, starting from the reference's solution) converge to the ridge-free
 solution, so ``G g >= 0`` holds to rounding after projection. Only parameters that have a gradient
@@ -25,47 +27,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from raycl.benchmarks.base import CLDataset, TensorCLDataset
+from raycl.benchmarks.base import TensorCLDataset
 from raycl.checks import check_int, check_number
 from raycl.models import MultiTaskModule
-from raycl.plugins._params import model_forward
-from raycl.plugins.base import Strategy, StrategyPlugin
-from raycl.plugins.storage_policy import (
-    experience_data,
-    load_memory_state,
-    memory_state,
-    random_subset,
+from raycl.plugins._episodic import (
+    EpisodicMemory,
+    linear_stack_gradients,
+    linear_stack_supported,
+    loss_gradients,
 )
+from raycl.plugins.base import Strategy, StrategyPlugin
+from raycl.plugins.storage_policy import load_memory_state, memory_state
 
-
-def loss_gradients(strategy: Strategy, params: list[nn.Parameter], x: Tensor, y: Tensor,
-                   t: Tensor) -> list[Tensor]:
-    """Flattened gradient, per parameter, of the criterion on ``(x, y, t)`` (zeros if unused)."""
-    loss = strategy.criterion(model_forward(strategy.model, x, t), y)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return [p.new_zeros(p.numel()) if g is None else g.reshape(-1)
-            for p, g in zip(params, grads, strict=True)]
-
-
-class EpisodicMemory:
-    """GEM's and A-GEM's memory: ``patterns_per_experience`` random samples of each experience,
-    in ``ext_mem`` (experience -> TensorCLDataset), stored after training on it."""
-
-    ext_mem: dict[int, TensorCLDataset]
-    patterns_per_experience: int
-
-    @torch.no_grad()
-    def update_memory(self, dataset: CLDataset, t: int | None = None,
-                      device: torch.device | str | None = None) -> None:
-        """Store ``patterns_per_experience`` random samples of ``dataset`` as experience ``t``."""
-        t = len(self.ext_mem) if t is None else t
-        mem = random_subset(dataset, self.patterns_per_experience)
-        self.ext_mem[t] = mem.to(device) if device is not None else mem
-
-    def after_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
-        """Add the experience just trained to the memory."""
-        self.update_memory(experience_data(strategy), strategy.clock.train_exp_counter,
-                           strategy.device)
+__all__ = ["EpisodicMemory", "GEMPlugin", "loss_gradients"]
 
 
 class GEMPlugin(EpisodicMemory, StrategyPlugin):
@@ -79,7 +53,8 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
 
     ridge = 1e-3  # added to G G^T, as in the reference
     refine_steps = 50  # at most this many proximal-point steps after the reference's solution
-    #: False: always one backward per past experience (on a CPU that can be as fast as vmap)
+    _chunk = 1 << 15  # columns of G cast to float64 at a time
+    #: False: always one backward per past experience (no fused pass, no vmap)
     vectorize = True
 
     def __init__(self, patterns_per_experience: int, memory_strength: float) -> None:
@@ -92,10 +67,13 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
         self._params: list[nn.Parameter] = []
         self._stacks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # equal-size groups
         self._vmap_ok: bool | None = None
+        self._linear_ok: bool | None = None  # the fused nn.Linear pass applies (None: unknown)
+        self._per_exp: tuple[tuple[int, int], Any] | None = None  # (model, criterion) ids, fn
 
     # ---- memory: update_memory / after_training_exp from EpisodicMemory ------------------------
 
     def before_training_exp(self, strategy: Strategy, **kwargs: Any) -> None:
+        self._per_exp = None
         # memories of equal size are stacked (experience, sample, ...) for the vectorised pass
         by_size: dict[int, list[int]] = {}
         mems = [m.to(strategy.device) for m in self.ext_mem.values()]
@@ -127,8 +105,9 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
             return
         # kept per parameter, (experiences, numel) each: no copy into one flat matrix
         self._params = [p for p in strategy.model.parameters() if p.requires_grad]
-        vmap = self.vectorize and self._vmap_ok is not False
-        blocks = self._gradients_vmap(strategy) if vmap else None
+        blocks = self._gradients_linear(strategy) if self.vectorize else None
+        if blocks is None and self.vectorize and self._vmap_ok is not False:
+            blocks = self._gradients_vmap(strategy)
         if blocks is None:
             rows = [loss_gradients(strategy, self._params, x[i], y[i], t[i])
                     for _, x, y, t in self._stacks for i in range(len(x))]
@@ -137,6 +116,23 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
             order = torch.argsort(torch.cat([rows for rows, *_ in self._stacks]))
             blocks = [b[order] for b in blocks]
         self._blocks = blocks
+
+    def _gradients_linear(self, strategy: Strategy) -> list[Tensor] | None:
+        """Blocks from one fused pass per stack, or None if the model does not allow it."""
+        if self._linear_ok is None:
+            self._linear_ok = linear_stack_supported(strategy.model, strategy.criterion,
+                                                     self._params)
+        parts = []
+        for _, x, y, _ in self._stacks if self._linear_ok else ():
+            blocks = linear_stack_gradients(strategy.model, strategy.criterion, self._params, x,
+                                            y)
+            if blocks is None:  # a layer called twice, or on 3-D input: not again
+                self._linear_ok = False
+                return None
+            parts.append(blocks)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else [torch.cat(c) for c in zip(*parts, strict=True)]
 
     def _gradients_vmap(self, strategy: Strategy) -> list[Tensor] | None:
         """Blocks from one vectorised pass, or None if this model does not support it."""
@@ -166,12 +162,14 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
         from torch.func import functional_call, grad, vmap
 
         model, criterion = strategy.model, strategy.criterion
+        key = (id(model), id(criterion))
+        if self._per_exp is None or self._per_exp[0] != key:  # built once per experience
+            def loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+                return criterion(functional_call(model, params, (x,)), y)
+
+            self._per_exp = key, vmap(grad(loss), in_dims=(None, 0, 0), randomness="different")
+        per_exp = self._per_exp[1]
         named = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-
-        def loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            return criterion(functional_call(model, params, (x,)), y)
-
-        per_exp = vmap(grad(loss), in_dims=(None, 0, 0), randomness="different")
         parts = []
         for _, x, y, _ in self._stacks:
             grads = per_exp(named, x, y)
@@ -201,10 +199,17 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
         """Solve the dual QP for G (given in column blocks) and g; return G^T v + g in blocks."""
         import quadprog
 
-        Gd, gd = [b.double() for b in blocks], [g.double() for g in grads]
-        gram = torch.stack([b @ b.T for b in Gd]).sum(0).cpu().numpy()
+        # float64 sums over column chunks: each chunk is cast while in cache, no full copies
+        pieces = [(b[:, j:j + self._chunk], g[j:j + self._chunk]) for b, g in
+                  zip(blocks, grads, strict=True) for j in range(0, b.shape[1], self._chunk)]
+        gram_t = blocks[0].new_zeros((len(blocks[0]),) * 2, dtype=torch.float64)
+        Gg_t = gram_t.new_zeros(len(blocks[0]))
+        for b, g in pieces:
+            bd = b.double()
+            gram_t.addmm_(bd, bd.T)
+            Gg_t.addmv_(bd, g.double())
+        gram, Gg = gram_t.cpu().numpy(), Gg_t.cpu().numpy()
         gram = 0.5 * (gram + gram.T)
-        Gg = torch.stack([b @ g for b, g in zip(Gd, gd, strict=True)]).sum(0).cpu().numpy()
         if not (np.isfinite(gram).all() and np.isfinite(Gg).all()):
             warnings.warn("GEMPlugin: non-finite gradients, step left unprojected", stacklevel=3)
             return grads
@@ -224,8 +229,16 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
             if step <= tol:
                 break
         # in float64 too: v rounded to float32 would break the constraints by ~1e-7 * |G|^2
-        vd = torch.from_numpy(w * d).to(Gd[0])
-        return [(g + vd @ b).to(grads[0].dtype) for b, g in zip(Gd, gd, strict=True)]
+        vd = torch.from_numpy(w * d).to(gram_t)
+        return [torch.cat([torch.addmv(g.double(), b.double().T, vd).to(g.dtype)
+                           for b, g in pieces[k:k + n]]) if n else grads[i].clone()
+                for i, (k, n) in enumerate(self._spans(blocks))]
+
+    def _spans(self, blocks: list[Tensor]) -> list[tuple[int, int]]:
+        """(first piece, number of pieces) of each block in ``_project``'s column chunks."""
+        counts = [-(-b.shape[1] // self._chunk) for b in blocks]
+        starts = np.cumsum([0, *counts[:-1]]).tolist()
+        return list(zip(starts, counts, strict=True))
 
     # ---- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

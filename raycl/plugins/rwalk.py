@@ -35,6 +35,7 @@ from raycl.plugins._params import (
     task_grads,
     trainable_params,
 )
+from raycl.plugins._stability import warn_if_unstable
 from raycl.plugins.base import Strategy, StrategyPlugin
 
 
@@ -42,7 +43,9 @@ class RWalkPlugin(StrategyPlugin):
     """RWalk: EWC++ Fisher plus path-integral scores, updated every ``delta_t`` iterations.
 
     Args:
-        ewc_lambda: weight of the penalty (>= 0).
+        ewc_lambda: weight of the penalty (>= 0). With SGD momentum 0.9, ``lr * ewc_lambda
+            <~ 0.5`` trains; past the optimizer's stability limit a ``PenaltyStabilityWarning``
+            says so once (``docs/methods.md``, "Quadratic penalties").
         ewc_alpha: weight of the newest squared gradient in the Fisher moving average, in [0, 1].
         delta_t: iterations between score updates (>= 1).
     """
@@ -89,11 +92,17 @@ class RWalkPlugin(StrategyPlugin):
                                              self.theta_star, params, keep_task_grads=True)
             index = {n: i for i, n in enumerate(self._names)}
             self._pen_pos = [index[n] for n in self._penalty.names]
+        warn_if_unstable(self, strategy.optimizer, self._penalty, "ewc_lambda", self.ewc_lambda)
 
     def before_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Add the penalty to the loss (none during the first experience)."""
         if self._penalty:
             strategy.loss = self._penalty.add_to(strategy.loss)
+
+    def after_loss_backward(self, strategy: Strategy, **kwargs: Any) -> None:
+        """Add the penalty's closed-form gradient to ``.grad``."""
+        if self._penalty:
+            self._penalty.apply_gradient()
 
     @torch.no_grad()
     def after_backward(self, strategy: Strategy, **kwargs: Any) -> None:

@@ -14,8 +14,11 @@ clip is what made it inert), but a negative per-experience contribution is dropp
 weight would reward drift); the damping ``eps`` defaults to 1e-3 instead of 1e-7 (with 1e-7,
 weights that barely moved get importances near 1e4 and SGD diverges at any lambda that has an
 effect); the penalty has no 1/2. All state lives on the strategy's device: no per-iteration
-host copy. A quadratic penalty is stable under SGD only while ``lr * si_lambda * Omega`` stays
-small (about 1 with momentum 0.9): Omega grows over experiences, so keep lambda modest.
+host copy. A quadratic penalty is stable under SGD only while ``lr * 2 * si_lambda * max Omega``
+stays below 2 (1 + momentum); Omega grows over experiences and is not clipped, so the usable
+``si_lambda`` is about 100 times below the reference's documented 1-10: with SGD momentum 0.9,
+``lr * si_lambda <~ 0.015`` (<= 0.3 at lr 0.05, <= 1 at lr 0.01; every value >= 1 diverged at lr
+0.05). A ``PenaltyStabilityWarning`` says so, once, when an experience's penalty is past the limit.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from raycl.plugins._params import (
     pad_to,
     task_grads,
 )
+from raycl.plugins._stability import warn_if_unstable
 from raycl.plugins.base import Strategy, StrategyPlugin
 
 
@@ -45,7 +49,8 @@ class SynapticIntelligencePlugin(StrategyPlugin):
 
     Args:
         si_lambda: penalty weight (>= 0), or a list indexed by experience (the last entry
-            applies to later experiences).
+            applies to later experiences). Usable range: see the module docstring and
+            ``docs/methods.md`` ("Quadratic penalties").
         excluded_parameters: parameter-name patterns (``fnmatch``) left out; a trailing
             ``.*`` is implied, so ``'classifier'`` excludes ``classifier.weight``. Parameters of
             batch-norm layers are always left out, as in the reference.
@@ -107,11 +112,17 @@ class SynapticIntelligencePlugin(StrategyPlugin):
                                              self.theta_star, params, keep_task_grads=True)
             index = {n: i for i, n in enumerate(self._names)}
             self._pen_pos = [index[n] for n in self._penalty.names]
+        warn_if_unstable(self, strategy.optimizer, self._penalty, "si_lambda", lam)
 
     def before_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Add the penalty to the loss (none during the first experience)."""
         if self._penalty:
             strategy.loss = self._penalty.add_to(strategy.loss)
+
+    def after_loss_backward(self, strategy: Strategy, **kwargs: Any) -> None:
+        """Add the penalty's closed-form gradient to ``.grad``."""
+        if self._penalty:
+            self._penalty.apply_gradient()
 
     @torch.no_grad()
     def after_backward(self, strategy: Strategy, **kwargs: Any) -> None:

@@ -256,6 +256,7 @@ class BaseStrategy:
             self.loss = self.criterion(self.mb_output, self.mb_y)
             self._fire("before_backward")
             self.loss.backward()
+            self._fire("after_loss_backward")  # closed-form gradient terms join .grad
             self._fire("after_backward")
             self._fire("before_update")
             self.optimizer.step()
