@@ -1,12 +1,18 @@
-# Two entry points: `make study` runs the default study, `make test` runs the test suite.
+# Entry points: `make study` runs the default study, `make test` runs the test suite,
+# `make notebooks` opens the analysis notebooks in JupyterLab on a study's results.
 # Each creates the virtual environment in .venv on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.raycl-installed
+NOTEBOOKS_STAMP := $(VENV)/.raycl-notebooks
 STUDY ?= studies/ewc_vs_si.py
 STUDY_ARGS ?=
+# The study the notebooks open: <storage>/<study name> (a path or a URI).
+STUDY_DIR ?= results/ewc_vs_si
+# More options for `jupyter lab` (e.g. --no-browser --port 8890 on a remote machine).
+JUPYTER_ARGS ?=
 
-.PHONY: study test lint bench venv clean
+.PHONY: study test lint bench venv clean notebooks
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh $(VENV)
@@ -16,6 +22,17 @@ venv: $(STAMP)
 
 study: $(STAMP)
 	$(PY) -m raycl.study $(STUDY) $(STUDY_ARGS)
+
+# JupyterLab is the `notebooks` extra, installed on first use only (the test install skips it).
+$(NOTEBOOKS_STAMP): $(STAMP) pyproject.toml
+	$(VENV)/bin/pip install --quiet -e ".[notebooks]"
+	touch $(NOTEBOOKS_STAMP)
+
+notebooks: $(NOTEBOOKS_STAMP)
+	@case "$(STUDY_DIR)" in *://*) ;; *) test -e "$(STUDY_DIR)/trials.parquet" || { \
+	    echo "raycl: error: no study results in $(STUDY_DIR) (run make study, or pass" \
+	        "STUDY_DIR=<storage>/<study name>)" >&2; exit 2; } ;; esac
+	RAYCL_STUDY_DIR="$(STUDY_DIR)" $(VENV)/bin/jupyter lab analysis/ $(JUPYTER_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check raycl tests studies bench

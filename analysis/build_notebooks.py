@@ -130,7 +130,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                      "panel per arm and parameter (log axis for a parameter searched on a log "
                      "scale, from `study.json`; circles: configs with their 95% t interval over "
                      "seeds); the star is the config the study chose on validation "
-                     "(`selection.parquet`). Set `STUDY_DIR` below (or `RAYCL_STUDY_DIR`)."),
+                     "(`selection.parquet`). An arm that searches several parameters varies the "
+                     "others under each panel's points: the `search` notebook reads its configs "
+                     "whole. Set `STUDY_DIR` below (or `RAYCL_STUDY_DIR`)."),
         ("code", SETUP),
         ("code", LOAD),
         ("code", f'configs = rca.config_table(rca.search_trials(trials), metric="{TEST_ACCURACY}")'
@@ -145,18 +147,48 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", f'rca.plot_sensitivity(trials, metric="{TEST_FORGETTING}", mode="min", '
                  'selection=selection,\n                 settings=settings)'),
     ],
-    "cost": [
-        ("markdown", "# What does each strategy cost?\n\nTest accuracy of every search trial "
-                     "against training time and peak memory; the Pareto front holds the trials "
-                     "no other trial beats on both; diamonds are each arm's chosen config with "
-                     "95% t intervals over seeds. Set `STUDY_DIR` below (or "
+    "search": [
+        ("markdown", "# Which parameters matter, and how do they interact?\n\nEach arm's "
+                     "search read as whole configs (mean over seeds), on the metric the study "
+                     "chose configs on (`selection.parquet`'s `selection_metric`: the validation "
+                     "split under the default protocol): how much each parameter accounts for "
+                     "(permutation importance of a random forest, scikit-learn), every config "
+                     "across all its parameters (parallel coordinates) and, for arms that "
+                     "search two parameters, one against the other. One parameter at a time: "
+                     "the `sensitivity` notebook. Set `STUDY_DIR` below (or "
                      "`RAYCL_STUDY_DIR`)."),
         ("code", SETUP),
         ("code", LOAD),
+        ("code", 'metric, mode = rca.selection_metric(trials, selection, settings)\n'
+                 'importance = rca.param_importance(trials, selection, settings)\n'
+                 'print(f"importance computed on {metric} ({mode}), the metric configs were '
+                 'chosen on")\n'
+                 '# status: "one parameter" (1 by definition), "too few configs" (fewer than '
+                 'rca.MIN_CONFIGS)\nimportance'),
+        ("code", "rca.plot_param_importance(trials, selection, settings, importance=importance)"),
+        ("markdown", "One line per config through every parameter it sets and the metric, "
+                     "coloured by the metric (thick outlined line: the chosen config):"),
+        ("code", "rca.plot_parallel_coordinates(trials, selection, settings)"),
+        ("markdown", "Arms that search exactly two parameters, one against the other (star: the "
+                     "chosen config):"),
+        ("code", "rca.plot_param_pairs(trials, selection, settings)"),
+    ],
+    "cost": [
+        ("markdown", "# What does each strategy cost?\n\nTest accuracy of every search trial "
+                     "against training time and, for trials that ran on CUDA, their peak GPU "
+                     "memory (on CPU the recorded peak is the worker process's, not the "
+                     "trial's: no memory panel); the Pareto front holds the trials no other "
+                     "trial beats on both; diamonds are each arm's chosen config with 95% t "
+                     "intervals over seeds. Set `STUDY_DIR` below (or `RAYCL_STUDY_DIR`)."),
+        ("code", SETUP),
+        ("code", LOAD),
         ("code", 'done = rca.completed_trials(rca.search_trials(trials))\n'
+                 '# Peak memory only where it is the trial\'s own (CUDA); NaN on CPU, where it is '
+                 'the\n# worker process\'s peak since it started (see rca.per_trial_memory).\n'
+                 f'done = done.assign({PEAK_MEMORY_MB}=rca.per_trial_memory(done))\n'
                  f'cost_columns = [c for c in ("{TEST_ACCURACY}", "{TRAIN_TIME_S}", '
                  f'"{PEAK_MEMORY_MB}")\n'
-                 '                if c in done.columns]\n'
+                 '                if c in done.columns and done[c].notna().any()]\n'
                  f'done.groupby("{ARM}")[cost_columns].agg(["mean", "std"]).round(3)'),
         ("code", f'rca.plot_cost(trials, metric="{TEST_ACCURACY}", mode="max", '
                  'selection=selection)'),

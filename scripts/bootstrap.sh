@@ -5,7 +5,8 @@
 # a local CPU wheel; never let pip pick a torch on its own there, it pulls GBs of CUDA packages.
 set -euo pipefail
 VENV=${1:-.venv}
-EXTRAS=${RAYCL_EXTRAS:-dev,notebooks,optuna}
+# dev holds the test tools and what the notebook tests run; `make notebooks` adds JupyterLab.
+EXTRAS=${RAYCL_EXTRAS:-dev,optuna}
 PYTHON=${PYTHON:-python3}
 
 if "$PYTHON" -c "import torch" >/dev/null 2>&1; then

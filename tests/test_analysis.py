@@ -675,8 +675,9 @@ def test_infer_log_scale() -> None:
 
 def test_study_figures_are_labelled(synth: rca.StudyResults) -> None:
     figures = rca.study_figures(synth.trials, synth.matrix)
+    # No importance: 3 configs per arm are too few to rank; online_ewc searches two parameters.
     assert set(figures) == {"accuracy_matrices", "avg_accuracy", "forgetting", "sensitivity",
-                            "cost"}
+                            "parallel_coordinates", "param_pairs", "cost"}
     for name, fig in figures.items():
         title = fig.get_suptitle() or " ".join(ax.get_title() for ax in fig.axes)
         assert title.strip(), name
@@ -790,9 +791,15 @@ def test_sensitivity_log_axis_follows_study_json() -> None:
 def test_sensitivity_of_the_synthetic_study_uses_its_study_json(
         synth: rca.StudyResults) -> None:
     fig = rca.plot_sensitivity(synth.trials, selection=synth.selection, settings=synth.settings)
-    scales = {ax.get_title(): ax.get_xscale() for ax in fig.axes if ax.get_visible()}
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    scales = {title: ax.get_xscale() for title, ax in axes.items()}
     assert scales == {"ewc: ewc_lambda": "log", "online_ewc: ewc_lambda": "log",
                       "online_ewc: decay_factor": "linear", "si: si_lambda": "log"}
+    # Each arm's panel holds its own trials only (ewc and online_ewc share a parameter name).
+    search = rca.completed_trials(rca.search_trials(synth.trials))
+    for arm in ("ewc", "online_ewc"):
+        np.testing.assert_allclose(_arm_points(axes[f"{arm}: ewc_lambda"]),
+                                   np.sort(search.loc[search["arm"] == arm, "param_ewc_lambda"]))
 
 
 def test_figures_of_several_studies(tmp_path: Path) -> None:
@@ -816,11 +823,22 @@ def test_percent_accuracy_is_labelled_as_percent(synth: rca.StudyResults) -> Non
     assert rca.metric_label("train_time_s") == "training time (s)"
 
 
-def test_import_is_light() -> None:
-    code = "import sys, raycl.analysis; print('matplotlib' in sys.modules)"
+def test_import_is_light(tmp_path: Path) -> None:
+    """Importing the analysis loads no matplotlib, and loading a study no Ray (whose import
+    takes ~10 s here: every notebook kernel and report paid it to read study.json)."""
+    study = write_synthetic_study(tmp_path / "synth")
+    code = ("import sys, raycl.analysis as rca; print('matplotlib' in sys.modules); "
+            f"results = rca.load_study({study!r}); print('ray' in sys.modules); "
+            "print(results.settings['name'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.split() == ["False", "False", "synth"]
+    # The names load_study reads settings under are the study layer's.
+    from raycl.analysis import load
+    from raycl.study import settings
+
+    assert (load.SETTINGS_FILE, load.METADATA_KEY) == (settings.SETTINGS_FILE,
+                                                       settings.METADATA_KEY)
 
 
 # --------------------------------------------------------------------------- the real study
@@ -860,3 +878,193 @@ def test_study_tables_have_the_columns_the_analysis_reads(
         runs = best[best["arm"] == row.arm]
         assert len(runs) == row.reported_n, row.arm
         assert runs[row.reported_metric].mean() == pytest.approx(row.reported_mean, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- the search, whole
+
+
+def _two_knob_study(n_configs: int = 12, seeds: tuple[int, ...] = (0, 1)
+                    ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Search trials of arm "ab" (``a`` log-uniform, ``b`` uniform) whose validation metric
+    follows ``a`` only and whose test metric follows ``b`` only; arm "one" searches one
+    parameter, arm "few" two parameters on 5 configs; "naive" searches nothing."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for arm, n, knobs in (("ab", n_configs, ("a", "b")), ("one", n_configs, ("a",)),
+                          ("few", 5, ("a", "b"))):
+        for _ in range(n):
+            a, b = float(10 ** rng.uniform(0, 4)), float(rng.uniform(0, 1))
+            params = {"a": a, "b": b} if len(knobs) == 2 else {"a": a}
+            for seed in seeds:
+                noise = rng.normal(0, 0.002)
+                row = _trial(arm, seed, 0.2 + 0.6 * b + noise, **params)
+                row.update(phase="search", valid_final_avg_accuracy=0.2 + 0.15 * math.log10(a)
+                           + noise)
+                rows.append(row)
+    for seed in seeds:
+        rows.append({**_trial("naive", seed, 0.3), "phase": "search",
+                     "valid_final_avg_accuracy": 0.3})
+    settings = {"name": "hand", "metric": "final_avg_accuracy", "mode": "max",
+                "selection": "valid", "arms": [
+                    {"name": "naive", "space": {}, "log_scale": []},
+                    {"name": "ab", "space": {"a": "loguniform(1, 10000)", "b": "uniform(0, 1)"},
+                     "log_scale": ["a"]},
+                    {"name": "one", "space": {"a": "loguniform(1, 10000)"}, "log_scale": ["a"]},
+                    {"name": "few", "space": {"a": "loguniform(1, 10000)", "b": "uniform(0, 1)"},
+                     "log_scale": ["a"]}]}
+    return pd.DataFrame(rows), settings
+
+
+def test_param_importance_is_computed_on_the_metric_configs_were_chosen_on() -> None:
+    trials, settings = _two_knob_study()
+    table = rca.param_importance(trials, settings=settings)
+    assert table.attrs["metric"] == VALID_ACC and table.attrs["split"] == "valid"
+    rows = {(r.arm, r.parameter): r for r in table.itertuples()}
+    # Validation follows a only: a test-metric fit would credit b instead.
+    assert rows[("ab", "a")].status == "computed"
+    assert rows[("ab", "a")].importance > 0.8 > rows[("ab", "b")].importance
+    assert rows[("ab", "a")].importance + rows[("ab", "b")].importance == pytest.approx(1.0)
+    assert rows[("ab", "a")].n_configs == 12 and rows[("ab", "a")].n_trials == 24
+    # One parameter: 1 without a fit; 5 configs: too few, no number to misread.
+    assert (rows[("one", "a")].status, rows[("one", "a")].importance) == ("one parameter", 1.0)
+    assert rows[("few", "a")].status == "too few configs"
+    assert math.isnan(rows[("few", "a")].importance)
+    assert "naive" not in set(table["arm"])
+    # A study that selects on test ranks on test: then b is what matters.
+    on_test = rca.param_importance(trials, settings={**settings, "selection": "test"})
+    assert on_test.attrs["split"] == "test"
+    ab = on_test[on_test["arm"] == "ab"].set_index("parameter")["importance"]
+    assert ab["b"] > 0.8 > ab["a"]
+    # selection.parquet's metric wins over study.json's.
+    selection = pd.DataFrame({"arm": ["ab"], "selection_split": ["test"],
+                              "selection_metric": [TEST_ACC], "chosen_config": ["{}"]})
+    assert rca.selection_metric(trials, selection, settings) == (TEST_ACC, "max")
+
+
+def test_importance_figure_names_its_split_and_draws_only_ranked_arms() -> None:
+    trials, settings = _two_knob_study()
+    fig = rca.plot_param_importance(trials, settings=settings)
+    drawn = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in drawn] == ["ab (12 configs)"]
+    bars = {t.get_text(): p.get_width() for t, p in
+            zip(drawn[0].get_yticklabels(), drawn[0].patches, strict=True)}
+    assert set(bars) == {"a", "b"} and bars["a"] > bars["b"]
+    from matplotlib.colors import to_hex
+    assert to_hex(drawn[0].patches[0].get_facecolor()) == rca.arm_color("ab")
+    title = fig.get_suptitle().replace("\n", " ")
+    assert "valid_final_avg_accuracy" in title and "validation split" in title
+    assert "one: one parameter (a): its importance is 1 by definition" in title
+    assert "few: 5 configs, fewer than 8: too few to rank" in title
+
+
+def test_parallel_coordinates_draw_each_config_on_log_axes_coloured_by_the_selection_metric(
+        synth: rca.StudyResults) -> None:
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    fig = rca.plot_parallel_coordinates(synth.trials, synth.selection, synth.settings)
+    panels = {ax.get_title().split(" (")[0]: ax for ax in fig.axes
+              if ax.get_visible() and ax.get_label() != "<colorbar>"}
+    assert set(panels) == {"ewc", "online_ewc", "si"}  # naive searches nothing
+    for label, ax in panels.items():
+        assert to_hex(ax.title.get_color()) == rca.arm_color(label)
+    colorbar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    assert colorbar.get_ylabel().startswith("validation final average accuracy")
+    assert "validation split" in fig.get_suptitle().replace("\n", " ")
+    # online_ewc: one line per config through decay_factor, ewc_lambda (log) and the metric.
+    ax = panels["online_ewc"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "decay_factor", "ewc_lambda\n(log)", "validation\nfinal average accuracy"]
+    search = rca.completed_trials(rca.search_trials(synth.trials))
+    configs = (search[search["arm"] == "online_ewc"]
+               .groupby(["param_decay_factor", "param_ewc_lambda"])[VALID_ACC].mean()
+               .reset_index())
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
+    # Each config once, the chosen one twice more (its black outline and its colour on top).
+    assert len(lines) == len(configs) + 2
+    log_lambda = np.log10(configs["param_ewc_lambda"].to_numpy())
+    expected_y = (log_lambda - log_lambda.min()) / np.ptp(log_lambda)
+    np.testing.assert_allclose(sorted(line.get_ydata()[1] for line in lines[:len(configs)]),
+                               sorted(expected_y))
+    values = pd.concat([search.loc[search["arm"] == a].groupby(
+        [c for c in search.columns if c.startswith("param_")
+         and search.loc[search["arm"] == a, c].notna().any()])[VALID_ACC].mean()
+        for a in panels])
+    norm_low, norm_high = values.min(), values.max()
+    best = configs[VALID_ACC].max()
+    top = lines[len(configs) - 1]  # drawn last: the best config
+    assert to_hex(top.get_color()) == to_hex(colormaps["viridis"](
+        (best - norm_low) / (norm_high - norm_low)))
+
+
+def test_two_parameter_view_only_for_arms_that_search_two(synth: rca.StudyResults) -> None:
+    from matplotlib.collections import PathCollection
+
+    assert rca.two_parameter_arms(synth.trials, synth.settings) == ["online_ewc"]
+    fig = rca.plot_param_pairs(synth.trials, synth.selection, synth.settings)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in panels] == ["online_ewc (3 configs)"]
+    ax = panels[0]
+    assert ax.get_xlabel() == "decay_factor" and ax.get_xscale() == "linear"
+    assert ax.get_ylabel() == "ewc_lambda (log scale)" and ax.get_yscale() == "log"
+    dots = next(c for c in ax.collections if isinstance(c, PathCollection))
+    search = rca.completed_trials(rca.search_trials(synth.trials))
+    configs = (search[search["arm"] == "online_ewc"]
+               .groupby(["param_decay_factor", "param_ewc_lambda"])[VALID_ACC].mean()
+               .reset_index())
+    np.testing.assert_allclose(dots.get_offsets(),
+                               configs[["param_decay_factor", "param_ewc_lambda"]].to_numpy())
+    np.testing.assert_allclose(dots.get_array(), configs[VALID_ACC].to_numpy())
+    # The star sits on the config the study chose (selection.parquet), not the best on test.
+    star = [c for c in ax.collections if isinstance(c, PathCollection)][1]
+    chosen = synth.selection.set_index("arm").loc["online_ewc"]
+    np.testing.assert_allclose(star.get_offsets()[0], [chosen["param_decay_factor"],
+                                                       chosen["param_ewc_lambda"]])
+    # A study without a two-parameter arm says so instead of drawing an empty grid.
+    others = synth.trials[synth.trials["arm"] != "online_ewc"]
+    empty = rca.plot_param_pairs(others, settings=synth.settings)
+    assert "no arm searches exactly two parameters" in [t.get_text()
+                                                        for t in empty.axes[0].texts]
+
+
+def test_cost_figure_draws_peak_memory_only_where_it_is_the_trials_own(
+        synth: rca.StudyResults) -> None:
+    trials = synth.trials  # trained on CPU: peak_memory_mb is the worker's ru_maxrss
+    assert rca.per_trial_memory(trials).isna().all()
+    fig = rca.plot_cost(trials)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["training time (s)"]
+    assert "no memory panel: peak_memory_mb is a trial's own peak only on CUDA; on CPU" in \
+        fig.get_suptitle().replace("\n", " ")
+    # On CUDA it is the trial's own peak: drawn, CPU trials left out and counted.
+    search = rca.completed_trials(rca.search_trials(trials))
+    on_gpu = search.index[search["arm"] != "si"]
+    mixed = trials.assign(device="cpu")
+    mixed.loc[on_gpu, "device"] = "cuda"
+    fig = rca.plot_cost(mixed)
+    memory = next(ax for ax in fig.axes if "memory" in ax.get_xlabel())
+    assert memory.get_xlabel() == "peak CUDA memory of the trial (MB)"
+    drawn = np.sort(np.concatenate([c.get_offsets()[:, 0] for c in memory.collections
+                                    if len(c.get_facecolor())]))
+    np.testing.assert_allclose(drawn, np.sort(mixed.loc[on_gpu, "peak_memory_mb"]))
+    left_out = len(search) - len(on_gpu)
+    assert f"{left_out} trials left out of the memory panel" in fig.get_suptitle()
+
+
+def test_docs_analysis_code_runs_on_a_study(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/analysis.md's Python, as a user copies it, on a study named by RAYCL_STUDY_DIR."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "analysis.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert len(blocks) == 1 and "RAYCL_STUDY_DIR" in blocks[0]
+    for name in ("load_study", "summary", "config_table", "plot_param_importance",
+                 "plot_parallel_coordinates", "plot_param_pairs", "plot_sensitivity"):
+        assert f"rca.{name}(" in blocks[0], name
+    assert "make notebooks STUDY_DIR=" in text and "pip install -e '.[notebooks]'" in text
+    study = write_synthetic_study(tmp_path / "synth", n_configs=8)
+    monkeypatch.setenv("RAYCL_STUDY_DIR", study)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(blocks[0], "docs/analysis.md", "exec"), namespace)  # noqa: S102
+    assert (tmp_path / "importance.png").stat().st_size > 5_000
+    assert namespace["metric"] == VALID_ACC
+    assert (namespace["importance"]["status"] == "computed").any()

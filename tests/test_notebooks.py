@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from nbclient import NotebookClient
 from synthetic_study import REPO, study_results, write_synthetic_study
 
-NOTEBOOKS = ("compare_arms", "sensitivity", "cost")
+NOTEBOOKS = ("compare_arms", "sensitivity", "search", "cost")
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +90,35 @@ def test_notebook_runs_headless_and_draws(name: str, study_dir: Path, venv_kerne
     _, printed = _run(name, study_dir, venv_kernel, monkeypatch)
     # The notebook loaded the study it was pointed at, not the default path.
     assert "trials," in printed
+    if name == "search":  # importance on what the study chose configs on, not on test
+        assert "importance computed on valid_final_avg_accuracy (max)" in printed
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower().replace("_", "-")
+            for r in requirements}
+
+
+def test_make_notebooks_installs_jupyterlab_and_opens_the_study() -> None:
+    """`make notebooks STUDY_DIR=...` installs the notebooks extra (JupyterLab) and starts it on
+    analysis/ with RAYCL_STUDY_DIR set; the test install keeps what this file needs, not
+    JupyterLab."""
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    needed = {"nbclient", "nbformat", "ipykernel", "jupyter-client"}
+    assert needed | {"jupyterlab"} <= _names(extras["notebooks"])
+    bootstrap = (REPO / "scripts" / "bootstrap.sh").read_text()
+    default = re.search(r"RAYCL_EXTRAS:-([\w,-]+)", bootstrap)
+    assert default is not None
+    installed = set().union(*(_names(extras[e]) for e in default[1].split(",")))
+    assert needed <= installed and "jupyterlab" not in installed
+    # A dry run (-n) of every step (-B): nothing is installed or started.
+    plan = subprocess.run(["make", "-n", "-B", "notebooks", "STUDY_DIR=runs/my_study"],
+                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert 'pip install --quiet -e ".[notebooks]"' in plan
+    assert 'RAYCL_STUDY_DIR="runs/my_study" .venv/bin/jupyter lab analysis/' in plan
+    assert plan.index(".[notebooks]") < plan.index("jupyter lab")
 
 
 @pytest.mark.parametrize("name", ["compare_arms", "sensitivity"])

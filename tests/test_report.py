@@ -47,10 +47,16 @@ def test_report_command_renders_pngs_and_html(study_dir: Path, tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert str(out / "index.html") in done.stdout
     pngs = sorted(out.glob("*.png"))
-    assert {p.stem for p in pngs} == set(report.FIGURES)
+    always = {"avg_accuracy", "accuracy_matrices", "forgetting", "sensitivity",
+              "parallel_coordinates", "cost"}
+    assert always <= {p.stem for p in pngs} <= set(report.FIGURES)
     for png in pngs:
         _check_png(png)
     page = (out / "index.html").read_text(encoding="utf-8")
+    # The views of the search say what they are computed on, and why one is not drawn.
+    assert "Computed on <code>valid_final_avg_accuracy</code> (validation split)" in page
+    for stem in set(report.FIGURES) - {p.stem for p in pngs}:
+        assert html.escape(report._NOT_DRAWN[stem]) in page, stem
     assert sorted(re.findall(r'<img src="([^"]+)"', page)) == sorted(p.name for p in pngs)
     # The per-arm table lists every arm with its figure: the reported one when the study chose
     # configs (selection.parquet), else the search summary's mean.
@@ -75,10 +81,17 @@ def test_report_command_renders_pngs_and_html(study_dir: Path, tmp_path: Path) -
 
 def test_report_defaults_and_errored_trials(tmp_path: Path) -> None:
     study = Path(write_synthetic_study(tmp_path / "synth"))
+    # An importance figure of an earlier report must not survive a report that has none.
+    (study / "report").mkdir()
+    (study / "report" / "importance.png").write_bytes(b"stale")
     assert report.main([str(study)]) == 0
     page = (study / "report" / "index.html").read_text(encoding="utf-8")
     assert "Errored trials" in page and "RuntimeError: loss is NaN" in page
     assert "ewc_lambda=" in page  # chosen configs are spelled out
+    # 3 configs per arm: importance is a table that says why, with no figure.
+    assert not (study / "report" / "importance.png").exists()
+    assert "Parameter importance: no figure" in page and "too few configs" in page
+    assert 'src="param_pairs.png"' in page and 'src="parallel_coordinates.png"' in page
     # Ranking by another metric and mode: the page says which, and ranks by it.
     trials = rca.load_study(study).trials
     table = rca.summary(trials, metric="test_avg_forgetting", mode="min")
@@ -92,6 +105,8 @@ def test_report_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert report.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "trials.parquet" in err
+    # The study command's form: one prefix whichever raycl command failed.
+    assert err.startswith("raycl: error: ") and report.ERROR_PREFIX == "raycl: error: "
     study = write_synthetic_study(tmp_path / "synth")
     assert report.main([study, "--metric", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
@@ -276,3 +291,26 @@ def test_report_of_studies_with_and_without_selection(tmp_path: Path) -> None:
     rest = _table(page[page.index("Studies without selection.parquet: b"):])
     assert 'data-source="search"' in rest
     assert rest.count("<td>b</td>") == 4 and "<td>a</td>" not in rest
+
+
+def test_report_importance_table_says_what_it_is_computed_on(tmp_path: Path) -> None:
+    study = write_synthetic_study(tmp_path / "synth", n_configs=8)
+    results = rca.load_study(study)
+    importance = rca.param_importance(results.trials, results.selection, results.settings)
+    table = rca.summary(rca.search_trials(results.trials))
+    names = ["sensitivity.png", "importance.png", "parallel_coordinates.png", "cost.png"]
+    page = report.render_html(results.trials, table, names, study, results.selection,
+                              results.comparisons, results.settings, importance)
+    section = _section(page, "<h3>Parameter importance</h3>")
+    assert "Computed on <code>valid_final_avg_accuracy</code> (validation split)" in section
+    rows = {(r.arm, r.parameter): r for r in importance.itertuples()}
+    ranked = rows[("online_ewc", "ewc_lambda")]
+    assert ranked.status == "computed"
+    assert f"{ranked.importance:.2f} ± {ranked.importance_std:.2f}" in section
+    assert section.count("its only parameter: 1 by definition") == 2  # ewc and si
+    # Page order: sensitivity, the importance table and figure, parallel coordinates, cost; the
+    # two-parameter view not drawn says so.
+    order = [page.index(x) for x in ('src="sensitivity.png"', "<h3>Parameter importance",
+                                      'src="importance.png"', 'src="parallel_coordinates.png"',
+                                      "Two-parameter view: no figure", 'src="cost.png"')]
+    assert order == sorted(order)

@@ -215,13 +215,17 @@ def _read_table(directory: str, name: str) -> pd.DataFrame | None:
     return None if table is None else table.to_pandas()
 
 
+# raycl.study.settings's SETTINGS_FILE and METADATA_KEY, spelled here because that module imports
+# ray.tune's domain classes: ~10 s on a 2-core machine, in every notebook kernel and report, to
+# read one JSON file. A test pins them to raycl.study.settings's.
+SETTINGS_FILE = "study.json"
+METADATA_KEY = b"raycl.study"
+
+
 def _read_settings(directory: str, trials_metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
     """The study's settings: ``study.json``, else the trials file's ``raycl.study`` metadata,
     else ``{}``. Raises ValueError when the JSON found is not an object."""
     import pyarrow.fs
-
-    # raycl.study.settings imports ray.tune's domain classes: only when a study is loaded.
-    from raycl.study.settings import METADATA_KEY, SETTINGS_FILE
 
     fs, base = _filesystem(directory)
     path = f"{base}/{SETTINGS_FILE}"

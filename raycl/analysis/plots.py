@@ -52,6 +52,7 @@ from raycl.analysis.tables import (
     mean_intervals,
     param_columns,
     pareto_front,
+    per_trial_memory,
     run_keys,
     search_trials,
     select_runs,
@@ -113,7 +114,8 @@ _SPLIT_NAMES: dict[str, str] = {VALID: "validation", TEST: "test"}
 # These are words looked for inside any metric's name (a user's "val_accuracy" too), not columns.
 _ACCURACY_LIKE = ("accuracy", "forgetting", "bwt", "fwt")
 # The cost columns plot_cost draws, with their axis labels.
-_COST_COLUMNS: dict[str, str] = {c: _METRIC_NAMES[c] for c in (TRAIN_TIME_S, PEAK_MEMORY_MB)}
+_COST_COLUMNS: dict[str, str] = {TRAIN_TIME_S: _METRIC_NAMES[TRAIN_TIME_S],
+                                  PEAK_MEMORY_MB: "peak CUDA memory of the trial (MB)"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -258,8 +260,18 @@ def _exclusion_note(trials: pd.DataFrame, metric: str) -> str:
     return f"excluded: {' and '.join(parts)}" if parts else ""
 
 
-def _suptitle(fig: Figure, title: str, note: str = "") -> None:
-    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=12)
+def _suptitle(fig: Figure, title: str, note: str = "", wrap: bool = False) -> None:
+    """The figure's title, the note's lines under it; ``wrap`` breaks lines wider than the
+    figure (at ~10 characters of the 12-point title per inch)."""
+    text = title + (f"\n{note}" if note else "")
+    if wrap:
+        import textwrap
+
+        width = max(int(fig.get_figwidth() * 10), 40)
+        # Breaks at spaces only: column names and numbers stay whole.
+        text = "\n".join(textwrap.fill(line, width, break_on_hyphens=False,
+                                        break_long_words=False) for line in text.split("\n"))
+    fig.suptitle(text, fontsize=12)
 
 
 def _colors_for(trials: pd.DataFrame) -> dict[str, str]:
@@ -500,24 +512,26 @@ def _searched_columns(rows: pd.DataFrame, arm: Mapping[str, Any] | None,
     return sorted(declared | varied, key=param_name)
 
 
-def _log_axis(ax: Axes, values: pd.Series) -> None:
-    """A log x axis labelled in plain numbers: 1-2-5 ticks (1-2-3-5 under a decade) where the
-    values span a few decades, decades only beyond (the minor labels would overlap)."""
+def _log_axis(ax: Axes, values: pd.Series, axis: str = "x") -> None:
+    """A log x (or ``axis="y"``) axis labelled in plain numbers: 1-2-5 ticks (1-2-3-5 under a
+    decade) where the values span a few decades, decades only beyond (the minor labels would
+    overlap)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    ax.set_xscale("log")
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    scale = ax.xaxis if axis == "x" else ax.yaxis
     array = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
     array = array[array > 0]
     decades = math.log10(array.max() / array.min()) if array.size else 0.0
     # matplotlib's default labels read 2x10^-1 and overlap under a few decades.
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
-    ax.xaxis.set_major_formatter(plain)
+    scale.set_major_formatter(plain)
     if decades <= 2.0:
         subs = (2.0, 3.0, 5.0) if decades <= 1.0 else (2.0, 5.0)
-        ax.xaxis.set_minor_locator(LogLocator(subs=subs))
-        ax.xaxis.set_minor_formatter(plain)
+        scale.set_minor_locator(LogLocator(subs=subs))
+        scale.set_minor_formatter(plain)
     else:
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        scale.set_minor_formatter(NullFormatter())
 
 
 def plot_avg_accuracy_curves(trials: pd.DataFrame, matrix: pd.DataFrame,
@@ -803,8 +817,11 @@ def plot_cost(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
     cheaper and at least as good. A diamond per arm is its config (chosen, with ``selection``:
     on the runs of its reported figures; else the best search config): the mean cost and metric
     over its seeds, each with its 95 % Student-t confidence interval
-    (:func:`raycl.analysis.tables.mean_intervals`). A cost the study did not record (e.g.
-    ``peak_memory_mb`` on CPU) gets no panel; the subtitle says so.
+    (:func:`raycl.analysis.tables.mean_intervals`). A cost the study did not record gets no
+    panel; the subtitle says so. Peak memory is drawn only for trials that ran on CUDA
+    (:func:`raycl.analysis.tables.per_trial_memory`): on CPU ``peak_memory_mb`` is the worker
+    process's peak since it started, not the trial's, so those trials are left out of the
+    memory panel (the panel too when no trial ran on CUDA) and the subtitle says why.
     """
     from matplotlib.lines import Line2D
 
@@ -813,12 +830,19 @@ def plot_cost(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
     done = completed_per_phase(search, metric).copy()
     done["label"] = arm_labels(trials).loc[done.index]
     best = best_trials(trials, metric, mode, selection=selection)
+    # Peak memory only where it is the trial's own (CUDA); the process-wide CPU peak is dropped.
+    memory_rows = int(done[PEAK_MEMORY_MB].notna().sum()) if PEAK_MEMORY_MB in done.columns else 0
+    done[PEAK_MEMORY_MB] = per_trial_memory(done)
+    best[PEAK_MEMORY_MB] = per_trial_memory(best)
+    not_per_trial = memory_rows - int(done[PEAK_MEMORY_MB].notna().sum())
     colors = _colors_for(trials)
     order = _ordered_labels(trials, metric, mode, selection)
     recorded = {c: lab for c, lab in _COST_COLUMNS.items()
                 if c in done.columns and done[c].notna().any()}
-    missing = [lab for c, lab in _COST_COLUMNS.items() if c not in recorded]
-    fig = _new_figure(5.6 * max(len(recorded), 1) + 0.4, 5.1)
+    missing = [_METRIC_NAMES[c] for c in _COST_COLUMNS
+               if c not in recorded and not (c == PEAK_MEMORY_MB and not_per_trial)]
+    # At least 9 inches: one panel (no memory on CPU) still has room for the title and legend.
+    fig = _new_figure(max(5.6 * max(len(recorded), 1) + 0.4, 9.0), 5.3)
     axes = fig.subplots(1, max(len(recorded), 1), squeeze=False).ravel()
     if not recorded:
         _empty(axes[0], "no cost column recorded by this study")
@@ -868,29 +892,15 @@ def plot_cost(trials: pd.DataFrame, metric: str = DEFAULT_METRIC,
                    ncols=min(len(handles), 4), fontsize=9)
     direction = "higher" if mode == "max" else "lower"
     notes = [f"{lab} not recorded by this study" for lab in missing]
+    if not_per_trial:
+        where = ("no memory panel" if PEAK_MEMORY_MB not in recorded else
+                 f"{not_per_trial} trial{'s' * (not_per_trial != 1)} left out of the memory "
+                 "panel")
+        notes.append(f"{where}: {PEAK_MEMORY_MB} is a trial's own peak only on CUDA; on CPU "
+                     "(or with no device recorded) it is the worker process's peak since it "
+                     "started (ru_maxrss), which grows with the trials it ran before")
     if note := _exclusion_note(search, metric):
         notes.append(note)
     _suptitle(fig, f"Cost of each search trial: {metric} ({direction} is better) vs training "
-              "cost", "; ".join(notes))
+              "cost", "\n".join(notes), wrap=True)
     return fig
-
-
-def study_figures(trials: pd.DataFrame, matrix: pd.DataFrame,
-                  metric: str = DEFAULT_METRIC, mode: str = "max", split: str = TEST,
-                  selection: pd.DataFrame | None = None,
-                  settings: Mapping[str, Any] | None = None) -> dict[str, Figure]:
-    """Every figure of the report, by file stem: accuracy_matrices, avg_accuracy, forgetting
-    (on ``split``, each arm's config chosen in ``selection`` when given), sensitivity (x scales
-    from ``settings``: ``StudyResults.settings`` or ``StudyResults.study_settings``) and cost
-    (the search trials, with each arm's config)."""
-    return {
-        "accuracy_matrices": plot_accuracy_matrices(trials, matrix, metric, mode, split=split,
-                                                    selection=selection),
-        "avg_accuracy": plot_avg_accuracy_curves(trials, matrix, metric, mode, split=split,
-                                                 selection=selection),
-        "forgetting": plot_forgetting(trials, matrix, metric, mode, split=split,
-                                      selection=selection),
-        "sensitivity": plot_sensitivity(trials, metric, mode, selection=selection,
-                                        settings=settings),
-        "cost": plot_cost(trials, metric, mode, selection=selection),
-    }

@@ -13,7 +13,11 @@ are grouped by it (:func:`raycl.analysis.matched_params`). Below it: the paired 
 the verdicts (``comparisons.parquet``) and, at the end of the page, the study's settings
 (``study.json``). Without ``selection.parquet``, the table ranks the search trials on the test
 metric, as before selection existed. Accuracy is the test split's throughout; figures say so,
-and every spread they draw is a 95 % Student-t confidence interval over seeds.
+and every spread they draw is a 95 % Student-t confidence interval over seeds. The views of each
+arm's search (parameter importance with its table, parallel coordinates, two parameters against
+each other) read the metric the study chose configs on, validation under the default protocol,
+and are drawn only where they have something to show (the page says why one is not). Errors are
+one line on stderr, ``raycl: error: ...``, exit status 2.
 """
 
 from __future__ import annotations
@@ -79,11 +83,38 @@ FIGURES: dict[str, str] = {
                    "arm searches, one panel per arm and parameter (circles: configs, mean with "
                    f"its {_INTERVAL}); the star is each arm's chosen (or best) config, the dashed "
                    "line an arm that searches nothing. The x axis is logarithmic for a parameter "
-                   "the arm searches on a log scale (study.json).",
-    "cost": "The search: the test metric against training time and peak memory; circled points "
-            "joined by the black line form the Pareto front. Diamonds: each arm's chosen config "
-            f"on the runs of its reported figure, mean with its {_INTERVAL} on both axes.",
+                   "the arm searches on a log scale (study.json). Arms are never pooled; an "
+                   "arm that searches several parameters varies the others under each panel's "
+                   "points (the parallel coordinates below show its configs whole).",
+    "importance": "The search, per arm: how much of the variation of the metric the study chose "
+                  "configs on (validation, under the default protocol) each parameter accounts "
+                  "for: permutation importance of a random forest fitted to the arm's configs, "
+                  "normalised to sum to 1 per arm. Drawn only for arms with two or more "
+                  "parameters and enough configs (the table above says why an arm is not).",
+    "parallel_coordinates": "The search, per arm: one line per config (mean over its seeds) "
+                            "through an axis per searched parameter (log where searched on a "
+                            "log scale) and one for the metric the study chose configs on, "
+                            "coloured by that metric on one scale for every arm; the thick "
+                            "outlined line is the chosen config.",
+    "param_pairs": "The search of each arm that searches exactly two parameters: one against "
+                   "the other, a dot per config coloured and labelled by the metric the study "
+                   "chose configs on (mean over seeds); the star is the chosen config.",
+    "cost": "The search: the test metric against training time and, for trials that ran on "
+            "CUDA, the trial's peak GPU memory; circled points joined by the black line form the "
+            "Pareto front. Diamonds: each arm's chosen config on the runs of its reported figure, "
+            f"mean with its {_INTERVAL} on both axes. On CPU the recorded peak is the worker "
+            "process's since it started (several trials run in turn in one process), not the "
+            "trial's own, so no memory panel is drawn for CPU trials.",
 }
+#: Why a figure of :data:`FIGURES` is missing from a report (it has nothing to draw).
+_NOT_DRAWN: dict[str, str] = {
+    "importance": "Parameter importance: no figure, no arm has two or more searched parameters "
+                  "and enough configs to rank them (see the table).",
+    "parallel_coordinates": "Parallel coordinates: no figure, no arm searches a parameter.",
+    "param_pairs": "Two-parameter view: no figure, no arm searches exactly two parameters.",
+}
+#: The prefix of a one-line error on stderr, the study command's (``python -m raycl.study``).
+ERROR_PREFIX = "raycl: error: "
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -503,9 +534,12 @@ def _by_study(settings: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]
 def render_html(trials: pd.DataFrame, table: pd.DataFrame, figures: list[str],
                 source: str, selection: pd.DataFrame | None = None,
                 comparisons: pd.DataFrame | None = None,
-                settings: Mapping[str, Any] | None = None) -> str:
+                settings: Mapping[str, Any] | None = None,
+                importance: pd.DataFrame | None = None) -> str:
     """The report page: the per-arm table, the paired comparisons, each figure (by PNG file
-    name) with its caption, the errored trials, then the study's settings.
+    name, in :data:`FIGURES`'s order) with its caption, the errored trials, then the study's
+    settings. A :func:`raycl.analysis.param_importance` table (``importance``) is shown before
+    the importance figure, with a sentence for each view of the search not in ``figures``.
 
     With a non-empty ``selection`` (``StudyResults.selection``) the per-arm table is
     :func:`selection_html` (rows grouped by :func:`raycl.analysis.matched_params` of
@@ -575,10 +609,19 @@ def render_html(trials: pd.DataFrame, table: pd.DataFrame, figures: list[str],
             "<code>selection.parquet</code>: ranked and reported on the same data).</p>",
             summary_html(table, multi_study=multi),
         ]
-    if figures:
+    if figures or importance is not None:
         parts.append("<h2>Figures</h2>")
-    for name in figures:
-        stem = name.removesuffix(".png")
+    drawn = {name.removesuffix(".png"): name for name in figures}
+    # Page order: FIGURES's, then any other figure given; a view of the search that had nothing
+    # to draw gets its sentence instead.
+    stems = [s for s in FIGURES if s in drawn or (importance is not None and s in _NOT_DRAWN)]
+    for stem in [*stems, *(s for s in drawn if s not in FIGURES)]:
+        if stem == "importance" and importance is not None:
+            parts.append(importance_html(importance))
+        if stem not in drawn:
+            parts.append(f'<p class="small not-drawn">{html.escape(_NOT_DRAWN[stem])}</p>')
+            continue
+        name = drawn[stem]
         caption = FIGURES.get(stem, stem.replace("_", " "))
         parts.append(f'<figure><img src="{html.escape(name)}" alt="{html.escape(stem)}">'
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -596,6 +639,44 @@ def render_html(trials: pd.DataFrame, table: pd.DataFrame, figures: list[str],
     return "\n".join(p for p in parts if p) + "\n"
 
 
+def importance_html(importance: pd.DataFrame) -> str:
+    """A :func:`raycl.analysis.param_importance` table as HTML: per arm and parameter its
+    importance (or why there is none), the configs it was fitted to, and, above the table, the
+    metric and split it is computed on."""
+    from raycl.analysis import arm_colors
+
+    metric = str(importance.attrs.get("metric", ""))
+    split = str(importance.attrs.get("split", ""))
+    words = {"valid": "validation", "test": "test"}
+    intro = (f"<h3>Parameter importance</h3>\n<p>Computed on <code>{html.escape(metric)}</code> "
+             f"({html.escape(words.get(split, split or 'no'))} split), the metric the study "
+             "chose configs on, over each arm's search configs (mean over seeds): permutation "
+             "importance of a random forest (scikit-learn) fitted to them, parameters searched "
+             "on a log scale in log space, normalised to sum to 1 per arm. An arm needs "
+             f"{int(importance.attrs.get('min_configs', 0))} configs for its parameters to be "
+             "ranked; with fewer, a fit would rank noise.</p>")
+    if importance.empty:
+        return intro + "<p>No arm searches a parameter.</p>"
+    colors = arm_colors(importance["arm"].astype(str))
+    notes = {"one parameter": "its only parameter: 1 by definition, nothing to rank",
+             "too few configs": "too few configs to rank its parameters",
+             "no signal": "the metric is the same for every config",
+             "computed": ""}
+    rows = []
+    for row in importance.to_dict("records"):
+        value = {"computed": f"{row['importance']:.2f} ± {row['importance_std']:.2f}",
+                 "one parameter": "1"}.get(str(row["status"]), "–")
+        rows.append(
+            f'<tr><td><span class="swatch" style="background:{colors[str(row["arm"])]}"></span>'
+            f"{html.escape(str(row['arm']))}</td><td><code>{html.escape(str(row['parameter']))}"
+            f'</code></td><td class="num">{value}</td>'
+            f'<td class="num">{int(row["n_configs"])}</td>'
+            f"<td>{html.escape(notes.get(str(row['status']), str(row['status'])))}</td></tr>")
+    return (intro + '\n<table class="importance"><thead><tr><th>arm</th><th>parameter</th>'
+            "<th>importance ± std over shuffles</th><th>configs</th><th>note</th></tr></thead>"
+            "\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table>")
+
+
 def _unknown_metric(metric: str, trials: pd.DataFrame) -> str:
     message = f"metric {metric!r} is not a column of trials.parquet"
     if is_split_metric(metric) and split_column(TEST, metric) in trials.columns:
@@ -611,7 +692,14 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
     and, without ``selection.parquet``, what ranks configs. ``out`` defaults to
     ``<results>/report`` (``reports/<name>`` for a URI). Returns the path of ``index.html``.
     """
-    from raycl.analysis import load_study, search_trials, study_figures, summary
+    from raycl.analysis import (
+        load_study,
+        param_importance,
+        search_trials,
+        selection_metric,
+        study_figures,
+        summary,
+    )
 
     source = os.fspath(results)
     data = load_study(source)
@@ -624,17 +712,29 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
     out_dir.mkdir(parents=True, exist_ok=True)
     table = summary(search_trials(data.trials), metric, mode)
     names = []
+    importance = None
+    try:
+        column = selection_metric(data.trials, data.selection, data.study_settings)[0]
+    except ValueError:  # studies that chose on different metrics: no search views
+        column = ""
+    if column in data.trials.columns:
+        importance = param_importance(data.trials, data.selection, data.study_settings)
     figures = study_figures(data.trials, data.matrix, metric, mode, selection=data.selection,
-                            settings=data.study_settings)
+                            settings=data.study_settings, importance=importance)
     for stem in FIGURES:
-        path = out_dir / f"{stem}.png"
-        figures[stem].savefig(path, dpi=dpi, facecolor="white")
-        names.append(path.name)
+        stale = out_dir / f"{stem}.png"
+        if stem not in figures:
+            # A figure an earlier report drew and this one does not: no stale image remains.
+            stale.unlink(missing_ok=True)
+            continue
+        figures[stem].savefig(stale, dpi=dpi, facecolor="white")
+        names.append(stale.name)
     index = out_dir / "index.html"
     # Written last and renamed into place, so a reader never sees a page without its images.
     tmp = index.with_suffix(".html.tmp")
     tmp.write_text(render_html(data.trials, table, names, source, data.selection,
-                               data.comparisons, data.study_settings), encoding="utf-8")
+                               data.comparisons, data.study_settings, importance),
+                   encoding="utf-8")
     tmp.replace(index)
     return index
 
@@ -665,12 +765,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         index = write_report(args.results, args.out, args.metric, args.mode, args.dpi)
     except (FileNotFoundError, ValueError) as error:
-        print(f"raycl.report: error: {error}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
         return 2
     print(f"report: {index}")
     return 0
 
 
-__all__ = ["DEFAULT_METRIC", "FIGURES", "banner_html", "chosen_config_text", "comparisons_html",
+__all__ = ["DEFAULT_METRIC", "ERROR_PREFIX", "FIGURES", "banner_html", "chosen_config_text",
+           "comparisons_html", "importance_html",
            "main", "render_html", "selection_html", "selection_order", "settings_html",
            "summary_html", "tested_arms", "write_report"]
