@@ -147,7 +147,7 @@ def test_bad_study_file_is_one_line_error_with_exit_status_2(case, tmp_path, cap
     assert main([str(path), "--storage", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
-    assert err.startswith(f"error: {path}: {expected}"), err
+    assert err.startswith(f"raycl: error: {path}: {expected}"), err
     assert not ray.is_initialized()
     assert not (tmp_path / "results").exists()
 
@@ -157,7 +157,7 @@ def test_missing_study_file_from_the_command_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "raycl.study", str(missing)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr == f"error: {missing}: file: no such file\n"
+    assert done.stderr == f"raycl: error: {missing}: file: no such file\n"
     assert done.stdout == ""
 
 
@@ -307,7 +307,8 @@ def test_existing_results_need_resume_and_resume_needs_results(tmp_path, capsys)
     storage = tmp_path / "results"
     assert main([str(path), "--storage", str(storage), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --resume: no results of study 'tiny'") and err.count("\n") == 1
+    assert err.startswith("raycl: error: --resume: no results of study 'tiny'")
+    assert err.count("\n") == 1
     store = ResultStore(storage, "tiny")
     store.set_trial(make_trial("naive", {}, 0), "x", "TERMINATED", _metrics(2))
     store.write()
@@ -375,10 +376,11 @@ def test_optuna_search_runs_every_config_with_every_seed():
 
 
 def test_first_signal_stops_the_study_and_a_second_one_quits(capsys):
-    from raycl.tune.runner import _stop_on_signals, _StopOnSignal
+    from raycl.tune.callbacks import StudyStopper
+    from raycl.tune.runner import _stop_on_signals
 
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    stopper = _StopOnSignal()
+    stopper = StudyStopper()
     with pytest.raises(KeyboardInterrupt), _stop_on_signals(stopper, sys.stdout):
         assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"  # one handler for all batches
         os.kill(os.getpid(), signal.SIGTERM)  # like Ctrl-C: Tune stops at its next step

@@ -38,6 +38,21 @@ def ray_address():
         ray.shutdown()
 
 
+def _wait_for(condition, what: str, driver: subprocess.Popen | None = None,
+              timeout: float = 300.0) -> None:
+    """Poll ``condition`` every 50 ms until it holds; fail saying ``what`` did not happen when
+    the time is up or the driver (if given) ended first, with the driver's output. Generous:
+    a shared CI machine may be slow, but a wait never carries on silently."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if driver is not None and driver.poll() is not None:
+            pytest.fail(f"the driver ended (exit {driver.returncode}) before {what}:\n"
+                        f"{driver.communicate()[0][-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def _intervals(log: Path) -> pd.DataFrame:
     rows = [line.split() for line in log.read_text().splitlines()]
     return pd.DataFrame(rows, columns=["pid", "gpu", "start", "end"]).astype(
@@ -51,8 +66,19 @@ def test_fake_gpus_one_trial_per_gpu_and_a_killed_trial_resumes(ray_address, tmp
                         out=out)
     assert (outcome.finished, outcome.errored, outcome.interrupted) == (4, 2, False)
     printed = out.getvalue()
-    assert "restarting from its last checkpoint" in printed
-    assert printed.count("errored: RuntimeError: broken on purpose") == 2
+    assert "running (1 after a failure)" in printed  # the killed trial, restarting
+    # one line per failed trial, pointing to every attempt's traceback in the study folder
+    failed = [ln for ln in printed.splitlines() if " errored after " in ln]
+    assert len(failed) == 2, printed
+    for line in failed:
+        assert ": RuntimeError: broken on purpose (traceback: " in line
+        where = Path(line.rpartition("(traceback: ")[2].rstrip(")"))
+        assert where.parent == tmp_path / "results" / "dies" / "errors"
+        attempts = int(line.split(" errored after ")[1].split()[0])
+        assert attempts == 2  # max_failures=1: one retry
+        assert where.read_text().count("==== attempt") == attempts
+        assert 'raise RuntimeError("broken on purpose")' in where.read_text()  # the stack
+    assert "Traceback" not in printed
 
     # every experience of every attempt ran on its own fake GPU: never two at once on one GPU
     spans = _intervals(tmp_path / "gpu.log")
@@ -170,8 +196,6 @@ def _files_under(folder: Path) -> set[str]:
 
 def test_driver_killed_three_times_then_resumed_loses_and_duplicates_nothing(
         ray_address, tmp_path, monkeypatch):
-    import random
-
     from raycl.study import load_study, plan_trials, run_trial
 
     files, work, home = tmp_path / "files", tmp_path / "work", tmp_path / "home"
@@ -188,32 +212,27 @@ def test_driver_killed_three_times_then_resumed_loses_and_duplicates_nothing(
         env["RAY_AUTH_TOKEN_PATH"] = str(token)
     folder = work / "results" / "tiny"
     trials_file = folder / "trials.parquet"
-    rng = random.Random(7)
 
     def rows() -> int:
         return len(pd.read_parquet(trials_file)) if trials_file.exists() else 0
 
-    def kill_when(ready) -> None:
+    def kill_when(ready, what: str) -> None:
         driver = subprocess.Popen([*command, *(["--resume"] if folder.exists() else [])],
                                   cwd=work, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and driver.poll() is None and not ready():
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 0.5))  # a random moment past the condition
-            assert driver.poll() is None, driver.communicate()[0][-3000:]
-            os.kill(driver.pid, signal.SIGKILL)  # no cleanup, no last write
+            _wait_for(ready, what, driver)
+            os.kill(driver.pid, signal.SIGKILL)  # at once: no cleanup, no last write
         finally:
             if driver.poll() is None:
                 driver.kill()
             driver.communicate(timeout=60)
 
-    kill_when(lambda: (folder / "_ray").exists())  # 1: Tune just started, nothing finished
+    kill_when(lambda: (folder / "_ray").exists(), "Tune starting")  # 1: nothing finished
     first = rows()
-    kill_when(lambda: rows() >= first + 2)  # 2: trials finishing
+    kill_when(lambda: rows() >= first + 2, "two more trials ending")  # 2: trials finishing
     second = rows()
-    kill_when(lambda: rows() >= second + 1)  # 3: another moment, trials in flight
+    kill_when(lambda: rows() >= second + 1, "another trial ending")  # 3: trials in flight
     before = pd.read_parquet(trials_file)  # readable after every kill: atomic rewrites
     done_before = before[before["status"] == "TERMINATED"]
     assert len(before) >= 3 and 1 <= len(done_before) < 8
@@ -275,11 +294,8 @@ def test_ctrl_c_stops_the_running_batch_and_starts_no_other(ray_address, tmp_pat
     driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and driver.poll() is None and not (
-                trials_file.exists() and len(pd.read_parquet(trials_file)) >= 1):
-            time.sleep(0.05)
-        assert driver.poll() is None
+        _wait_for(lambda: trials_file.exists() and len(pd.read_parquet(trials_file)) >= 1,
+                  "a first trial ending", driver)
         driver.send_signal(signal.SIGINT)
         output = driver.communicate(timeout=120)[0]
     finally:
@@ -297,9 +313,20 @@ def test_ctrl_c_stops_the_running_batch_and_starts_no_other(ray_address, tmp_pat
 
 def test_optuna_search_with_asha(ray_address, tmp_path):
     pytest.importorskip("optuna")
+    # the si arm's trials never learn: at chance they rank last at their rungs, so ASHA
+    # (reduction factor 2) stops them early, unless one is the first to reach every rung;
+    # FIFO would run them to the end
     path = write_study(tmp_path, TINY, replace={
         "num_samples=2,": "num_samples=2, search='optuna', scheduler='asha',",
-        '{"si_lambda": tune.grid_search([0.1, 1.0])}': '{"si_lambda": tune.uniform(0.1, 1.0)}'})
+        '{"si_lambda": tune.grid_search([0.1, 1.0])}': '{"si_lambda": tune.uniform(0.1, 1.0)}',
+        "from raycl.study import": "from raycl.plugins import StrategyPlugin\n"
+                                  "from raycl.study import",
+        "study = Study(": "class Frozen(StrategyPlugin):\n"
+                          "    def after_backward(self, strategy, **kwargs):\n"
+                          "        strategy.optimizer.zero_grad(set_to_none=False)\n\n\n"
+                          "study = Study(",
+        'lambda c: [SynapticIntelligencePlugin(c["si_lambda"])]':
+            'lambda c: [SynapticIntelligencePlugin(c["si_lambda"]), Frozen()]'})
     # three Tune runs (4 + 4 + 2 trials) share one Optuna searcher and one ASHA scheduler
     outcome = run_study(prepare_run(path, storage=str(tmp_path / "results"), gpus_per_trial=0),
                         out=io.StringIO(), trials_per_batch=4)
@@ -317,6 +344,9 @@ def test_optuna_search_with_asha(ray_address, tmp_path):
     curves = pd.read_parquet(outcome.paths["curves"])
     assert trials["experiences_done"].between(1, 5).all()
     assert len(curves) == trials["experiences_done"].sum()
+    # ... and it did stop frozen ones early, at a rung (1, 2 or 4 experiences)
+    frozen = trials[trials["arm"] == "si"]["experiences_done"]
+    assert (frozen < 5).sum() >= 2 and set(frozen) <= {1, 2, 4, 5}, frozen.tolist()
 
 
 def test_driver_killed_in_the_confirmation_phase_resumes_without_rerunning_the_search(
@@ -346,11 +376,7 @@ def test_driver_killed_in_the_confirmation_phase_resumes_without_rerunning_the_s
     driver = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 240
-        while "confirm" not in phases():
-            assert driver.poll() is None, driver.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "no confirmation trial finished in 240 s"
-            time.sleep(0.05)
+        _wait_for(lambda: "confirm" in phases(), "a confirmation trial ending", driver)
         os.kill(driver.pid, signal.SIGKILL)  # in phase 2: its first trial just finished
     finally:
         if driver.poll() is None:
@@ -401,17 +427,15 @@ def test_a_run_started_while_another_runs_the_study_is_refused_and_the_first_kee
     first = subprocess.Popen(command(first_file), env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not (folder / ".lock").exists():  # validated, locked: Ray not started yet
-            assert first.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        # validated, locked: Ray not started yet
+        _wait_for((folder / ".lock").exists, "the first run taking the lock", first)
         for path in (second_file, first_file):
             second = subprocess.run(command(path), env=env, capture_output=True, text=True,
                                     timeout=120)
             assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
             assert second.stdout == "" and second.stderr.count("\n") == 1, second.stderr
-            assert second.stderr.startswith(f"error: study 'tiny' in {folder} is being run by "
-                                            f"pid {first.pid} on host "), second.stderr
+            assert second.stderr.startswith(f"raycl: error: study 'tiny' in {folder} is being "
+                                            f"run by pid {first.pid} on host "), second.stderr
         output = first.communicate(timeout=300)[0]
     finally:
         if first.poll() is None:
@@ -493,10 +517,10 @@ def test_a_study_file_failing_in_the_trial_processes_is_not_retried_and_says_why
     assert main([str(path), "--storage", str(tmp_path / "results"), "--gpus-per-trial", "0"]) == 1
     captured = capsys.readouterr()
     assert "Ray: Ray cluster at " in captured.out
-    errors = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("raycl: error:")]
     cause = ("the study file does not import in a trial process: FileNotFoundError: [Errno 2] "
              f"No such file or directory: 'classes.txt' (line {line} of {path}; ")
-    assert len(errors) == 1 and errors[0].startswith(f"error: {cause}"), captured.err
+    assert len(errors) == 1 and errors[0].startswith(f"raycl: error: {cause}"), captured.err
     assert "the study was stopped" in captured.out
     assert "restarting from its last checkpoint" not in captured.out
 
@@ -521,6 +545,6 @@ def test_resources_no_node_has_are_one_line_and_exit_2_on_a_local_ray(tmp_path):
                            str(tmp_path / "results"), "--cpus-per-trial", "64"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("raycl: error:")]
     assert len(errors) == 1 and "asks for 64 CPU" in errors[0], done.stderr[-2000:]
     assert not (tmp_path / "results" / "tiny" / "trials.parquet").exists()

@@ -5,7 +5,8 @@ hyperparameters, recorded as ERROR with the reason), 1 when some trial failed ot
 run was interrupted (finish it with ``--resume``; 130 after a second Ctrl-C, which does not wait
 for the running trials to stop), 2 for a study file that does not validate or a
 run that must not start (another run holds the study, results there already, a changed study on
-``--resume``); those print a single line ``error: ...`` on stderr before Ray is started.
+``--resume``, a storage that cannot be used, resources no node has); those print a single
+line ``raycl: error: ...`` on stderr before any trial starts.
 """
 
 from __future__ import annotations
@@ -18,23 +19,36 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from raycl.study.plan import PreparedRun
 
+#: How every one-line error of the command starts (the report command's too).
+ERROR_PREFIX = "raycl: error: "
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
     return value
 
 
 def _non_negative(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
@@ -56,7 +70,7 @@ def _seed_list(text: str) -> list[int]:
 def parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     p = argparse.ArgumentParser(
-        prog="python -m raycl.study",
+        prog="python -m raycl.study", allow_abbrev=False,
         description="Run a study of continual-learning strategies as Ray Tune trials and "
                     "write trials/matrix/curves Parquet under STORAGE/<study name>/.")
     p.add_argument("study_file", metavar="STUDY_FILE", help="a study file (studies/*.py)")
@@ -102,6 +116,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm-seeds", type=_seed_list, default=None, metavar="S,S,...",
                    help="rerun each arm's chosen config on these seeds and report those runs "
                         "('none': no confirmation; default: the study's, else 3 fresh seeds)")
+    p.add_argument("--pending-timeout", type=_non_negative, default=None, metavar="SECONDS",
+                   help="on a cluster where no node can run a trial yet (an autoscaler may "
+                        "add one): stop the study after this long without a trial started "
+                        "(default: 900)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the study and print the trials that would run")
     return p
@@ -114,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raycl.study.plan import RunError, prepare_run
 
     if args.allow_changed and not args.resume:
-        print("error: --allow-changed: only with --resume", file=sys.stderr)
+        print(f"{ERROR_PREFIX}--allow-changed: only with --resume", file=sys.stderr)
         return 2
     try:
         prepared = prepare_run(
@@ -124,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_storage=not args.dry_run, selection=args.selection,
             confirm_seeds=args.confirm_seeds, allow_changed=args.allow_changed)
     except (StudyError, RunError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{err}", file=sys.stderr)
         return 2
     with prepared:  # the study folder's lock goes with this process, whatever happens
         return _run(args, prepared)
@@ -145,20 +163,22 @@ def _run(args: argparse.Namespace, prepared: PreparedRun) -> int:
         # The one import that runs upward: this entry point hands the planned run to Ray.
         from raycl.tune.runner import run_study
     except ImportError as err:  # Ray missing: still a one-line error
-        print(f"error: cannot import the Ray Tune layer: {err}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}cannot import the Ray Tune layer: {err}", file=sys.stderr)
         return 2
     try:
+        extra = ({} if args.pending_timeout is None
+                 else {"pending_timeout_s": args.pending_timeout})
         outcome = run_study(prepared, address=args.address, dashboard_host=args.dashboard_host,
-                            trials_per_batch=args.trials_per_batch)
+                            trials_per_batch=args.trials_per_batch, **extra)
     except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: quit without waiting for the trials to stop
         print("interrupted: finish the study with the same command and --resume",
               file=sys.stderr)
         return 130
     if outcome.failure:
-        print(f"error: {outcome.failure}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{outcome.failure}", file=sys.stderr)
         return 1
     failed = outcome.errored - outcome.diverged
     return 1 if (failed or outcome.interrupted) else 0

@@ -55,6 +55,8 @@ __all__ = ["StudyError", "load_study", "load_study_source", "read_study_file", "
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+#: The longest study or arm name (both become parts of folder and file names).
+MAX_NAME_LENGTH = 100
 #: How many configs of each arm validation builds plugins from (plus the domain bounds).
 VALIDATION_SAMPLES = 20
 
@@ -190,6 +192,9 @@ def _settings_problems(study: Study) -> Problems:
     p: Problems = []
     _check(isinstance(study.name, str) and bool(_NAME.match(study.name)), p, "name",
            f"must be letters, digits, '_', '-' or '.', got {study.name!r}")
+    # the study's folder name; Ray's experiment folders add to it, and file names stop at 255
+    _check(not isinstance(study.name, str) or len(study.name) <= MAX_NAME_LENGTH, p, "name",
+           f"must be at most {MAX_NAME_LENGTH} characters, got {len(str(study.name))}")
     _check(not isinstance(study.name, str) or study.name.lower() != SMOKE_FOLDER, p, "name",
            f"{study.name!r} is reserved: --smoke checks go to <storage>/{SMOKE_FOLDER}/<name>/")
     b = study.benchmark
@@ -325,6 +330,9 @@ def _arm_problems(study: Study) -> list[tuple[str, str]]:
         if not isinstance(arm.name, str) or not _ARM_NAME.match(arm.name):
             p.append((f"arms[{i}].name", f"must be letters, digits, '_' or '-', got "
                                          f"{arm.name!r}"))
+        elif len(arm.name) > MAX_NAME_LENGTH:
+            p.append((f"arms[{i}].name", f"must be at most {MAX_NAME_LENGTH} characters, "
+                                         f"got {len(arm.name)}"))
         elif arm.name in seen:
             p.append((where, "two arms have this name"))
         seen.add(str(arm.name))

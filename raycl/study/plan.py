@@ -45,7 +45,13 @@ from raycl.study.protocol import (
 from raycl.study.protocol import (
     confirm_seeds as confirm_seeds_of,
 )
-from raycl.study.results import SMOKE_FOLDER, ResultStore, StudyLock, StudyLocked
+from raycl.study.results import (
+    SMOKE_FOLDER,
+    ResultStore,
+    StorageError,
+    StudyLock,
+    StudyLocked,
+)
 from raycl.study.schema import (
     ARM,
     COMPARISONS_TABLE,
@@ -285,6 +291,8 @@ def prepare_run(path: str | Path, *, storage: str = "results", num_samples: int 
     try:
         store = ResultStore(storage, study.name,
                             folder=(SMOKE_FOLDER, loaded.name) if smoke else None)
+    except StorageError as err:
+        raise RunError(f"--storage {err}") from None
     except ValueError as err:
         raise RunError(f"{path}: name: {err}") from None
     # The absolute path: trial processes run in folders of their own, where a study file's

@@ -81,12 +81,15 @@ from raycl.study.schema import (
 from raycl.study.settings import METADATA_KEY, SETTINGS_FILE
 from raycl.study.spec import TrialSpec
 
-__all__ = ["LOCK_FILE", "LOCK_REFRESH_S", "LOCK_SETTLE_S", "LOCK_STALE_AFTER_S", "SMOKE_FOLDER",
-           "ResultStore", "StudyLock", "StudyLocked", "process_alive", "resolve_storage"]
+__all__ = ["ERRORS_FOLDER", "LOCK_FILE", "LOCK_REFRESH_S", "LOCK_SETTLE_S", "LOCK_STALE_AFTER_S",
+           "SMOKE_FOLDER", "ResultStore", "StorageError", "StudyLock", "StudyLocked",
+           "process_alive", "resolve_storage"]
 
 #: The folder under the storage root that holds ``--smoke`` checks (``<storage>/smoke/<name>/``);
 #: no study may be named so (the loader refuses it), so a check never replaces a study's files.
 SMOKE_FOLDER = "smoke"
+#: Subfolder of a study's folder holding the full error text of each failed trial.
+ERRORS_FOLDER = "errors"
 #: The lock file of a study folder, held by the run writing it.
 LOCK_FILE = ".lock"
 #: A lock written on another host is stale once it has not been refreshed for this long (its
@@ -98,20 +101,47 @@ LOCK_REFRESH_S = 60.0
 LOCK_SETTLE_S = 1.0
 
 
+#: URI schemes a storage location may use (what ``pyarrow.fs.FileSystem.from_uri`` opens).
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+#: Schemes that name a bucket (or container) right after ``://``.
+_BUCKET_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss")
+
+
+class StorageError(ValueError):
+    """A storage location that cannot be used, in one line that names it."""
+
+
 def resolve_storage(storage: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, str]:
     """(filesystem, path inside it, URI for Ray) of a storage location.
 
     A plain path is made absolute on the local filesystem; ``s3://``, ``gs://``, ``file://`` ...
-    go through ``pyarrow.fs.FileSystem.from_uri``.
+    go through ``pyarrow.fs.FileSystem.from_uri``. Raises :class:`StorageError` (one line,
+    starting with the location) for an unknown scheme, a URI without a bucket, HDFS without a
+    Java runtime, or a file system that does not open (an S3 bucket whose region cannot be
+    resolved, say).
     """
     text = os.fspath(storage)
-    if "://" in text:
-        fs, path = pafs.FileSystem.from_uri(text)
-        if isinstance(fs, pafs.LocalFileSystem):
-            return fs, path, path
-        return fs, path.rstrip("/"), text.split("?")[0].rstrip("/")
-    path = os.path.abspath(os.path.expanduser(text))
-    return pafs.LocalFileSystem(), path, path
+    if "://" not in text:
+        path = os.path.abspath(os.path.expanduser(text))
+        return pafs.LocalFileSystem(), path, path
+    scheme, _, rest = text.partition("://")
+    scheme = scheme.lower()
+    if scheme not in STORAGE_SCHEMES:
+        raise StorageError(f"{text}: unknown scheme {scheme + '://'!r} (use a local path or "
+                           f"one of {', '.join(s + '://' for s in STORAGE_SCHEMES)})")
+    if scheme in _BUCKET_SCHEMES and not rest.split("?")[0].split("/")[0]:
+        raise StorageError(f"{text}: names no bucket (e.g. {scheme}://my-bucket/studies)")
+    if scheme in ("hdfs", "viewfs") and not os.environ.get("JAVA_HOME"):
+        # pyarrow would print dlopen failures for libjvm before raising
+        raise StorageError(f"{text}: HDFS needs a Java runtime and Hadoop's libhdfs "
+                           f"(JAVA_HOME, HADOOP_HOME and CLASSPATH are not set here)")
+    try:
+        fs, path = pafs.FileSystem.from_uri(f"{scheme}://{rest}")  # (from_uri: lower case)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise StorageError(f"{text}: {' '.join(str(err).split())}") from None
+    if isinstance(fs, pafs.LocalFileSystem):
+        return fs, path, path
+    return fs, path.rstrip("/"), f"{scheme}://{rest}".split("?")[0].rstrip("/")
 
 
 def _plain(value: Any) -> Any:
@@ -237,8 +267,17 @@ class ResultStore:
         frames = {}
         for table in ("trials", "curves"):  # the matrix and selection are rebuilt from them
             path = self._fs_path(table)
-            frames[table] = (pq.read_table(path, filesystem=self.fs).to_pandas()
-                             if self._exists(path) else None)
+            try:
+                frames[table] = (pq.read_table(path, filesystem=self.fs).to_pandas()
+                                 if self._exists(path) else None)
+            except (OSError, pa.ArrowException) as err:
+                # the matrix, selection and comparisons are rebuilt from these two; neither
+                # can be rebuilt from the others (the curves hold every report, the trials
+                # each trial's outcome)
+                raise ValueError(
+                    f"{self.path(table)} is unreadable ({' '.join(str(err).split())[:200]}): "
+                    f"it cannot be rebuilt from the other tables; restore it from a copy, or "
+                    f"run the study again into another --storage") from None
         versions = ({int(v) for v in frames["trials"][SCHEMA_VERSION_COLUMN].dropna()}
                     if frames["trials"] is not None
                     and SCHEMA_VERSION_COLUMN in frames["trials"] else set())
@@ -364,13 +403,32 @@ class ResultStore:
         if not isinstance(self.fs, pafs.LocalFileSystem):
             write(final)
             return
-        tmp = f"{self.dir}/.{name}.tmp-{os.getpid()}"
+        head, _, base = name.rpartition("/")
+        tmp = f"{self.dir}/{head + '/' if head else ''}.{base}.tmp-{os.getpid()}"
         try:
             write(tmp)
             self.fs.move(tmp, final)  # rename(2): atomic on one filesystem
         except BaseException:
             self._remove(tmp)
             raise
+
+    def error_file(self, trial_key: str) -> str:
+        """Where the full error text of a failed trial goes (path or URI)."""
+        return f"{self.uri}/{ERRORS_FOLDER}/{trial_key}.txt"
+
+    def write_error_file(self, trial_key: str, text: str) -> str:
+        """Write a failed trial's full error text (every failed attempt's traceback) to
+        :meth:`error_file`, atomically; returns where. Raises ``OSError`` when the storage
+        cannot take it."""
+        folder = f"{self.dir}/{ERRORS_FOLDER}"
+        self.fs.create_dir(folder, recursive=True)
+
+        def write(where: str) -> None:
+            with self.fs.open_output_stream(where) as f:
+                f.write(text.encode())
+
+        self._atomic(f"{ERRORS_FOLDER}/{trial_key}.txt", write)
+        return self.error_file(trial_key)
 
     def _write_settings(self, where: str) -> None:
         with self.fs.open_output_stream(where) as f:

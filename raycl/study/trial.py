@@ -371,7 +371,7 @@ def run_trial(study: Study, trial: TrialSpec, report: ReportFn,
     if trial.steps is not None:  # counted from where the trial began, resumed or not
         first = int(init_state["next_experience"]) if init_state is not None else 0
         stop = min(stop, first + trial.steps)
-    extra = {"device": run.device.type, "gpu_ids": "", "node_ip": "",
+    extra = {"device": run.device.type, "gpu_ids": None, "node_ip": None,
              PLUGIN_SPEC: run.plugin_spec, **(info or {})}
     for i in range(start, stop):
         try:

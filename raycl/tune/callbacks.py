@@ -1,7 +1,10 @@
-"""Driver-side Tune callback that turns trial events into the study's Parquet tables."""
+"""Driver-side Tune callbacks: the study's Parquet tables (and the error file of each failed
+trial), the stopper that ends a study early, and a watch over trials no node can place."""
 
 from __future__ import annotations
 
+import errno
+import re
 import sys
 import time
 from typing import Any
@@ -17,8 +20,60 @@ from raycl.tune.compat import (
     trial_spec,
     trim_finished_trial,
 )
+from raycl.tune.trainable import STORAGE_FULL_ERRNOS, setup_failure
 
-__all__ = ["ParquetCallback", "diverged", "error_line"]
+#: Terminal colour codes, which Ray puts in its error texts.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+__all__ = ["ParquetCallback", "PlacementWatch", "StudyStopper", "diverged", "error_line"]
+
+
+class StudyStopper(tune.Stopper):
+    """Stops every trial of the Tune run once :attr:`stopped` is set: by the first Ctrl-C or
+    SIGTERM (``raycl.tune.runner``), or by :meth:`fail` when every trial would fail the same
+    way (the study file does not import in a trial, the storage is full, no node can place a
+    trial). One instance serves every batch of a study."""
+
+    def __init__(self) -> None:
+        # A plain flag, not a threading.Event: Tune pickles its stopper with the experiment,
+        # and the signal handler and Tune's loop both run in the main thread.
+        self.stopped = False
+        #: Why the study was stopped by :meth:`fail` (the first reason is kept), or None.
+        self.failure: str | None = None
+
+    def fail(self, reason: str) -> None:
+        """Stop the study because of ``reason``."""
+        self.failure = self.failure or reason
+        self.stopped = True
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.stopped
+
+
+class PlacementWatch(tune.Callback):
+    """On a cluster where no node can run a trial now (an autoscaler may add one), stops the
+    study with one line saying what a trial asks for when no trial has started within
+    ``timeout_s``."""
+
+    def __init__(self, stopper: StudyStopper, asks: str, timeout_s: float) -> None:
+        self.stopper = stopper
+        self.asks = asks
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.started = False
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.started = True
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if not self.started and time.monotonic() > self.deadline:
+            self.stopper.fail(f"no node of the Ray cluster could run a trial for "
+                              f"{self.timeout_s:g} s: it asks for {self.asks} (lower "
+                              f"--cpus-per-trial / --gpus-per-trial, add such nodes, or wait "
+                              f"longer with --pending-timeout)")
 
 
 def diverged(trial: Any) -> str | None:
@@ -50,8 +105,15 @@ class ParquetCallback(tune.Callback):
     over. Small tables take milliseconds: in practice every trial is on disk as it ends.
     """
 
-    def __init__(self, store: ResultStore, write_factor: float = 9.0) -> None:
+    def __init__(self, store: ResultStore, write_factor: float = 9.0,
+                 stopper: StudyStopper | None = None) -> None:
         self.store = store
+        #: Stops the study when every trial would fail the same way (None: never).
+        self.stopper = stopper
+        #: trial_id -> where its full error text was written (the last failure's).
+        self.error_files: dict[str, str] = {}
+        #: trial_id -> the error text of each failed attempt so far.
+        self._attempts: dict[str, list[str]] = {}
         #: trial_id -> when it first started, for every trial of this run.
         self.started: dict[str, pd.Timestamp] = {}
         #: trial_id -> its last report of an experience (a diverged trial's last report is not).
@@ -98,16 +160,21 @@ class ParquetCallback(tune.Callback):
         self._next_write = end + self.write_factor * (end - start)
 
     def _write(self) -> None:
-        """Rewrite the files; a failure (disk full) is reported once and the study goes on:
-        the files keep their last complete version, the rows stay in memory and the next
-        write (the next trial's end, the end of the run) tries again."""
+        """Rewrite the files; a failure is reported once: the files keep their last complete
+        version, the rows stay in memory and the next write (the next trial's end, the end of
+        the run) tries again. A storage that is full, over quota or read-only also stops the
+        study (with a stopper): every later trial would fail to save as well."""
         try:
             self.store.write()
         except OSError as err:
+            text = " ".join(str(err).split())
             if self.write_error is None:
-                print(f"raycl: warning: cannot write the results ({' '.join(str(err).split())})"
-                      f"; the files keep their last complete version", file=sys.stderr)
-            self.write_error = f"cannot write the results: {' '.join(str(err).split())}"
+                print(f"raycl: warning: cannot write the results ({text}); the files keep "
+                      f"their last complete version", file=sys.stderr)
+            self.write_error = f"cannot write the results: {text}"
+            if self.stopper is not None and err.errno in STORAGE_FULL_ERRNOS:
+                self.stopper.fail(f"cannot write the results to {self.store.uri}: "
+                                  f"{errno.errorcode.get(err.errno, '')} {text}".strip())
         else:
             self.write_error = None
         self._dirty = self.write_error is not None  # a failed write is tried again
@@ -117,11 +184,32 @@ class ParquetCallback(tune.Callback):
         """A trial finished (or a scheduler stopped it): status TERMINATED; a trial that
         stopped because its loss diverged: status ERROR with the reason (it is not retried:
         it would diverge again)."""
+        failure = setup_failure(trial)
+        if failure is not None:  # it would fail the same way again, and so would every trial
+            self._finish(trial, ERRORED, failure)
+            if self.stopper is not None:
+                self.stopper.fail(failure)
+            return
         reason = diverged(trial)
         self._finish(trial, ERRORED if reason else TERMINATED, reason)
 
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
+                         **info: Any) -> None:
+        """A trial failed and restarts from its last checkpoint: keep the attempt's error."""
+        self._attempts.setdefault(trial.trial_id, []).append(trial_error_text(trial) or "")
+
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        """A trial failed more than ``max_failures`` times: status ERROR with the message."""
+        """A trial failed more than ``max_failures`` times: status ERROR with the message, and
+        every attempt's full error in the study folder (:meth:`ResultStore.error_file`)."""
+        attempts = [*self._attempts.pop(trial.trial_id, []), trial_error_text(trial) or ""]
+        text = "".join(f"==== attempt {i} of {len(attempts)} ====\n{_ANSI.sub('', a).rstrip()}"
+                       f"\n\n" for i, a in enumerate(attempts, 1))
+        try:
+            where = self.store.write_error_file(trial_spec(trial).trial_key, text)
+        except OSError:  # the storage cannot take it: Tune's own copy
+            where = getattr(trial, "error_file", None) or ""
+        if where:
+            self.error_files[trial.trial_id] = where
         self._finish(trial, ERRORED, error_line(trial))
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:

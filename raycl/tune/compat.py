@@ -22,13 +22,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from raycl.study.spec import TrialSpec
 
-__all__ = ["TRIAL_CONFIG", "missing_internals", "quiet_checkpoint_logs", "quiet_restore_hints",
+__all__ = ["TRIAL_CONFIG", "missing_internals", "quiet_checkpoint_logs", "quiet_ray_console",
            "set_run_environment", "signal_handling_off", "spec_of_config", "trial_error_file",
            "trial_checkpoint_path", "trial_error_text", "trial_spec", "trim_finished_trial",
            "tune_config"]
@@ -37,7 +38,7 @@ __all__ = ["TRIAL_CONFIG", "missing_internals", "quiet_checkpoint_logs", "quiet_
 TRIAL_CONFIG = "trial"
 
 _CHECKPOINT_LOGGER = "ray.train._internal.storage"
-_RESTORE_HINT_LOGGER = "ray.tune.tune"
+_TRAINABLE_LOGGER = "ray.tune.trainable.trainable"
 _ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 _SIGINT_SWITCH = "TUNE_DISABLE_SIGINT_HANDLER"
 _RUN_DEFAULTS = {
@@ -91,29 +92,77 @@ def signal_handling_off() -> Iterator[None]:
 
 
 def quiet_checkpoint_logs() -> None:
-    """Silence Ray's INFO line for every checkpoint a trial process saves."""
-    logging.getLogger(_CHECKPOINT_LOGGER).setLevel(logging.WARNING)
+    """Silence Ray's INFO lines for every checkpoint a trial process saves and for its
+    restart from one (the driver says a trial restarted)."""
+    for name in (_CHECKPOINT_LOGGER, _TRAINABLE_LOGGER):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
-class _DropRestoreHint(logging.Filter):
+#: Driver-side Ray log records that raycl replaces by its own lines: (logger, message start).
+_DROPPED = (
+    # every failed attempt, with a full traceback: raycl prints one line per failed trial and
+    # keeps the traceback in the study folder (``errors/``)
+    ("ray.tune.execution.tune_controller", "Trial task failed for trial"),
+    # the trials that did not finish: raycl's summary counts them
+    ("ray.tune.tune", "Trials did not complete"),
+    # advice to resume with Tuner.restore: a raycl study resumes with --resume
+    ("ray.tune.tune", None),
+    # a local Ray that turned token authentication on, as it should: nothing to do
+    ("ray._private.authentication.authentication_token_setup",
+     "Token authentication is enabled"),
+)
+#: Ray's failure to copy its experiment state to storage, logged with a traceback every time
+#: (by these loggers): raycl says it once, in one line (its own tables are written apart).
+_SYNC_LOGGERS = ("ray.train._internal.syncer", "ray.tune.execution.experiment_state")
+
+
+class _Drop(logging.Filter):
+    def __init__(self, start: str | None) -> None:
+        super().__init__()
+        self.start = start
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore" not in record.getMessage()
+        message = record.getMessage()
+        if self.start is None:  # the restore hint, whatever its wording
+            return "Tuner.restore" not in message
+        return not message.startswith(self.start)
+
+
+class _OnceInOneLine(logging.Filter):
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and not self.said:
+            self.said = True
+            cause = record.exc_info[1] if record.exc_info else None
+            text = " ".join(str(cause or record.getMessage()).split())
+            print(f"raycl: warning: {self.what}: {text[:300]}", file=sys.stderr, flush=True)
+        return False
 
 
 @contextmanager
-def quiet_restore_hints() -> Iterator[None]:
-    """Hide Tune's "resume with Tuner.restore(...)" advice (a raycl study resumes with
-    ``--resume``, which its summary says) and its warnings about trials that never started
-    having no metrics (after an interruption)."""
-    tune_logger = logging.getLogger(_RESTORE_HINT_LOGGER)
+def quiet_ray_console() -> Iterator[None]:
+    """While entered, Ray's driver-side log records that raycl replaces by its own lines are
+    dropped (see ``_DROPPED``): per-attempt trial tracebacks, Tune's "resume with
+    Tuner.restore(...)" advice and its list of unfinished trials, the token-authentication
+    notice, warnings about trials that never started having no metrics (after an
+    interruption), and repeated tracebacks of Ray's experiment-state uploads (said once)."""
+    filters = [(logging.getLogger(name), _Drop(start)) for name, start in _DROPPED]
+    once = _OnceInOneLine("Ray cannot save its experiment state to the storage")
+    filters += [(logging.getLogger(name), once) for name in _SYNC_LOGGERS]
     analysis_logger = logging.getLogger(_ANALYSIS_LOGGER)
-    hint, level = _DropRestoreHint(), analysis_logger.level
-    tune_logger.addFilter(hint)
+    level = analysis_logger.level
+    for logger, f in filters:
+        logger.addFilter(f)
     analysis_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        tune_logger.removeFilter(hint)
+        for logger, f in filters:
+            logger.removeFilter(f)
         analysis_logger.setLevel(level)
 
 
@@ -189,6 +238,7 @@ def missing_internals() -> list[str]:
                 for name in ("_latest_checkpoint_result", "_checkpoint_results")
                 if not hasattr(manager, name)]
     missing += [f"logger {name} (no such module)"
-                for name in (_CHECKPOINT_LOGGER, _RESTORE_HINT_LOGGER, _ANALYSIS_LOGGER)
+                for name in (_CHECKPOINT_LOGGER, _TRAINABLE_LOGGER, _ANALYSIS_LOGGER,
+                             *_SYNC_LOGGERS, *(logger for logger, _ in _DROPPED))
                 if importlib.util.find_spec(name) is None]
     return missing

@@ -1,8 +1,10 @@
 """A one-line progress display for a running study (Ray's own trial table is switched off).
 
 On a terminal the line is redrawn in place as trials start, report and finish; in a log (not a
-TTY) it is printed at most every ``log_every`` seconds, and once at the end. Trial failures always
-get a line of their own with the message and the error file.
+TTY) it is printed at most every ``log_every`` seconds, and once at the end. A trial that failed
+for good gets one line of its own: how many attempts, the error's last line, and where its full
+tracebacks are (the study folder's ``errors/``); a failed attempt that restarts from its checkpoint
+only counts in the status line.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ray import tune
 
 from raycl.tune.callbacks import diverged, error_line
 from raycl.tune.compat import trial_error_file, trial_spec
+from raycl.tune.trainable import setup_failure
 
 __all__ = ["ProgressCallback"]
 
@@ -30,11 +33,16 @@ class ProgressCallback(tune.Callback):
         best: the best (value, arm) of those earlier runs.
         out: where to write (stdout by default).
         log_every: seconds between lines when ``out`` is not a terminal.
+        error_files: trial_id -> where its full error text was written (filled by the
+            Parquet callback, which Tune calls first).
     """
 
     def __init__(self, total: int, metric: str, mode: str, already_done: int = 0,
                  best: tuple[float, str] | None = None, out: TextIO | None = None,
-                 log_every: float = 10.0) -> None:
+                 log_every: float = 10.0, error_files: dict[str, str] | None = None) -> None:
+        self.error_files = {} if error_files is None else error_files
+        #: trial_id -> failed attempts that restarted from a checkpoint
+        self.retries: dict[str, int] = {}
         self.total = total + already_done
         self.metric = metric
         self.mode = mode
@@ -65,8 +73,11 @@ class ProgressCallback(tune.Callback):
         """The status line as it would be shown now."""
         elapsed = time.monotonic() - self.start
         best = "-" if self.best is None else f"{self.best[0]:.4f} ({self.best[1]})"
+        retrying = len(self.retries)
         return (f"[{elapsed:6.1f}s] trials {self.done}/{self.total} done, "
-                f"{self.running} running, {self.errored} errored | "
+                f"{self.running} running"
+                + (f" ({retrying} after a failure)" if retrying else "")
+                + f", {self.errored} errored | "
                 f"best {self.metric} {best}")
 
     def _show(self, force: bool = False) -> None:
@@ -112,9 +123,10 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
-        """One more trial done (or diverged: counted as errored)."""
+        """One more trial done (or diverged, or failed to load the study: errored)."""
         self._count(trials, trial)
-        reason = diverged(trial)
+        self.retries.pop(trial.trial_id, None)
+        reason = diverged(trial) or setup_failure(trial)
         if reason:
             self.errored += 1
             self._message(f"trial {_who(trial)} errored: {reason}")
@@ -125,18 +137,21 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
                          **info: Any) -> None:
-        """A trial failed and will restart from its last checkpoint."""
+        """A trial failed and will restart from its last checkpoint (counted, no line)."""
         self._count(trials, trial)
-        self._message(f"trial {_who(trial)} failed; restarting from its last checkpoint: "
-                      f"{error_line(trial)}")
+        self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
+        self._show()
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        """A trial errored for good: say which, why, and where its log is."""
+        """A trial errored for good: one line saying which, after how many attempts, why,
+        and where its tracebacks are."""
         self._count(trials, trial)
         self.errored += 1
-        where = trial_error_file(trial)
-        self._message(f"trial {_who(trial)} errored: {error_line(trial)}"
-                      + (f" (details: {where})" if where else ""))
+        attempts = self.retries.pop(trial.trial_id, 0) + 1
+        where = self.error_files.get(trial.trial_id) or trial_error_file(trial)
+        self._message(f"trial {_who(trial)} errored"
+                      + (f" after {attempts} attempts" if attempts > 1 else "")
+                      + f": {error_line(trial)}" + (f" (traceback: {where})" if where else ""))
         self._show(force=True)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:

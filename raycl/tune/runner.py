@@ -40,7 +40,6 @@ from ray import tune
 
 from raycl.study.plan import PreparedRun, RunError, TrialSpec, arm_budget
 from raycl.study.protocol import rank_column, search_phase, trial_where
-from raycl.study.results import ResultStore
 from raycl.study.schema import (
     AVG_ACCURACY,
     DIVERGED,
@@ -57,20 +56,24 @@ from raycl.study.schema import (
 )
 from raycl.study.spec import Study
 from raycl.study.summary import header, resources_text, summary_lines
-from raycl.tune.callbacks import ParquetCallback
+from raycl.tune.callbacks import ParquetCallback, PlacementWatch, StudyStopper
 from raycl.tune.compat import (
     TRIAL_CONFIG,
-    quiet_restore_hints,
+    quiet_ray_console,
     set_run_environment,
     signal_handling_off,
     trial_spec,
     tune_config,
 )
 from raycl.tune.progress import ProgressCallback
-from raycl.tune.trainable import setup_failure, trainable
+from raycl.tune.trainable import trainable
 
 __all__ = ["StudyOutcome", "default_trials_per_batch", "local_ray", "ray_init_kwargs",
            "run_study", "trial_slots"]
+
+#: How long a study on a cluster waits for a node that can run a trial (an autoscaler adding
+#: one) before it stops with one line (``--pending-timeout``).
+DEFAULT_PENDING_TIMEOUT_S = 900.0
 
 
 @dataclasses.dataclass
@@ -101,8 +104,9 @@ class StudyOutcome:
     summary: list[str]
     """The per-arm table as printed."""
     failure: str | None = None
-    """Why the study was stopped when a trial could not even load it (its study file does not
-    import in a trial process: every trial would fail the same way); None otherwise."""
+    """Why the study was stopped early because every trial would fail the same way (its study
+    file does not import in a trial process, the storage is full, no node can place a trial);
+    None otherwise."""
 
 
 def _gpus_per_trial(study: Study) -> float:
@@ -118,33 +122,8 @@ def _trial_name(trial: Any) -> str:
     return trial_spec(trial).name
 
 
-class _StopOnSignal(tune.Stopper):
-    """Stops the Tune run once :attr:`stopped` is set (by the first Ctrl-C or SIGTERM). Tune's
-    own SIGINT handler is switched off while a study runs: it is installed anew, and never
-    removed, by every Tune run, so between or at the very end of batches a Ctrl-C could be lost
-    or be taken for another run's; this one flag covers every batch."""
-
-    def __init__(self) -> None:
-        # A plain flag, not a threading.Event: Tune pickles its stopper with the experiment,
-        # and the signal handler and Tune's loop both run in the main thread.
-        self.stopped = False
-        #: Set when a trial could not load the study: why (the run stops at once).
-        self.failure: str | None = None
-
-    def fail(self, reason: str) -> None:
-        """Stop the study because of ``reason`` (the first one is kept)."""
-        self.failure = self.failure or reason
-        self.stopped = True
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        return self.stopped
-
-
 @contextmanager
-def _stop_on_signals(stopper: _StopOnSignal, out: TextIO) -> Iterator[None]:
+def _stop_on_signals(stopper: StudyStopper, out: TextIO) -> Iterator[None]:
     """The first Ctrl-C or SIGTERM stops the study: the running trials are stopped, no other
     batch starts, the files are written and the Ray this process started is shut down. A second
     one quits at once (KeyboardInterrupt). Entered after ``ray.init``, whose own SIGTERM
@@ -167,43 +146,6 @@ def _stop_on_signals(stopper: _StopOnSignal, out: TextIO) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-class _Recorder(ParquetCallback):
-    """The Parquet callback, plus: a trial whose study file did not import in its process
-    (its one report says why, :func:`raycl.tune.trainable.setup_failure`) is recorded as ERROR
-    with the reason, is not retried (it raised nothing), and stops the study: every trial
-    would fail the same way."""
-
-    def __init__(self, store: ResultStore, stopper: _StopOnSignal) -> None:
-        super().__init__(store)
-        self.stopper = stopper
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
-                          **info: Any) -> None:
-        reason = setup_failure(trial)
-        if reason is None:
-            super().on_trial_complete(iteration, trials, trial, **info)
-            return
-        self._finish(trial, ERRORED, reason)
-        self.stopper.fail(reason)
-
-
-class _Progress(ProgressCallback):
-    """The progress line, counting a trial that could not load the study as errored."""
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
-                          **info: Any) -> None:
-        reason = setup_failure(trial)
-        if reason is None:
-            super().on_trial_complete(iteration, trials, trial, **info)
-            return
-        self._count(trials, trial)
-        self.errored += 1
-        spec = trial_spec(trial)
-        self._message(f"trial {trial.trial_id} ({spec.arm}, seed {spec.seed}) errored: "
-                      f"{reason}")
-        self._show(force=True)
 
 
 def _scheduler(study: Study) -> Any:
@@ -319,7 +261,8 @@ def ray_init_kwargs(address: str | None, dashboard_host: str | None = None) -> d
 
 def run_study(prepared: PreparedRun, *, address: str | None = None,
               dashboard_host: str | None = None, trials_per_batch: int | None = None,
-              out: TextIO | None = None) -> StudyOutcome:
+              out: TextIO | None = None,
+              pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S) -> StudyOutcome:
     """Run a prepared study (:func:`raycl.study.plan.prepare_run`) on Ray Tune and write its
     Parquet results; see the module docstring. Releases the prepared run's lock when it ends,
     whatever the outcome (an error or Ctrl-C included).
@@ -328,17 +271,22 @@ def run_study(prepared: PreparedRun, *, address: str | None = None,
     ``RAY_ADDRESS``, else a new local Ray, started and shut down at the end, with a dashboard
     only if ``dashboard_host`` is given. In a process already connected to Ray, that Ray is
     used. ``trials_per_batch`` caps the trials of one Tune run (None:
-    :func:`default_trials_per_batch`; 0: all in one run). Raises
-    :class:`~raycl.study.plan.RunError` when Ray cannot be started or joined.
+    :func:`default_trials_per_batch`; 0: all in one run). On a cluster where no node can run a
+    trial (an autoscaler may add one), the study stops with one line when no trial has
+    started after ``pending_timeout_s``. Raises :class:`~raycl.study.plan.RunError` when Ray
+    cannot be started or joined, or when no node of raycl's own local Ray can run a trial.
     """
     try:
-        return _run_study(prepared, address, dashboard_host, trials_per_batch, out)
+        with quiet_ray_console():
+            return _run_study(prepared, address, dashboard_host, trials_per_batch, out,
+                              pending_timeout_s)
     finally:
         prepared.release()
 
 
 def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str | None,
-               trials_per_batch: int | None, out: TextIO | None) -> StudyOutcome:
+               trials_per_batch: int | None, out: TextIO | None,
+               pending_timeout_s: float) -> StudyOutcome:
     start = time.monotonic()
     out = out or sys.stdout
     if prepared.next_batch(set()) is None:
@@ -365,7 +313,7 @@ def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str |
             which = _connect(address, dashboard_host)
             connected = True
         run, parquet, write_error, stopper = _fit_batches(prepared, trials_per_batch, out,
-                                                          which)
+                                                          which, pending_timeout_s)
     finally:
         if connected:  # stops the local Ray we started; only disconnects from a cluster
             ray.shutdown()
@@ -426,16 +374,17 @@ class _Run:
         self.ended = 0
 
 
-def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextIO, which: str
-                 ) -> tuple[_Run, ParquetCallback, str | None, _StopOnSignal]:
+def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextIO, which: str,
+                 pending_timeout_s: float
+                 ) -> tuple[_Run, ParquetCallback, str | None, StudyStopper]:
     """Every phase of the study's protocol, each as Tune runs of at most ``trials_per_batch``
     trials, under one signal handler. Returns what ran, the Parquet callback (what it
     recorded), why the final write failed (if it did) and the stopper (whether a signal or a
     trial that could not load the study stopped the run). ``which``: the Ray used, for the
     header."""
     study, store = prepared.study, prepared.store
-    stopper = _StopOnSignal()
-    parquet = _Recorder(store, stopper)
+    stopper = StudyStopper()
+    parquet = ParquetCallback(store, stopper=stopper)
     run = _Run()
     write_error = None
     fitting = False
@@ -446,10 +395,12 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
             if missing and which.startswith("local Ray started"):  # a fixed size: never
                 raise RunError(f"no node of this machine's Ray can run a trial: it asks for "
                                f"{missing}; lower --cpus-per-trial / --gpus-per-trial")
-            if missing:  # a cluster may grow (autoscaler): say so and go on
+            callbacks: list[tune.Callback] = [parquet]
+            if missing:  # a cluster may grow (autoscaler): say so and wait, for so long
                 print(f"raycl: warning: no node of the Ray cluster can run a trial now: it "
-                      f"asks for {missing}; trials wait until the autoscaler adds such a node",
-                      file=sys.stderr)
+                      f"asks for {missing}; trials wait up to {pending_timeout_s:g} s for the "
+                      f"autoscaler to add such a node", file=sys.stderr)
+                callbacks.append(PlacementWatch(stopper, missing, pending_timeout_s))
             for line in header(study, resources_text(study, gpus)):
                 print(line, file=out)
             print(f"Ray: {which}", file=out)
@@ -469,21 +420,21 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
                          else prepared.total)
                 print(f"phase {batch.note}" + (f" ({already} done before)" if already else ""),
                       file=out, flush=True)
-                progress = _Progress(total, rank_column(study), study.mode, already,
-                                     best=prepared.best_done() if searching else None, out=out)
+                progress = ProgressCallback(total, rank_column(study), study.mode, already,
+                                            best=prepared.best_done() if searching else None,
+                                            out=out, error_files=parquet.error_files)
                 searcher = _searcher(prepared) if batch.trials is None else None
                 first = 0
                 for size in _batches(total, per_batch):
                     trials = (None if batch.trials is None
                               else batch.trials[first:first + size])
                     first += size
-                    tuner = _tuner(prepared, gpus, [parquet, progress], name=f"{name}-b{k:03d}",
-                                   trials=trials, num_samples=size,
+                    tuner = _tuner(prepared, gpus, [*callbacks, progress],
+                                   name=f"{name}-b{k:03d}", trials=trials, num_samples=size,
                                    scheduler=scheduler if searching else None,
                                    searcher=searcher, stopper=stopper)
                     k += 1
-                    with quiet_restore_hints():
-                        tuner.fit()
+                    tuner.fit()
                     del tuner  # frees this batch's Trial objects before the next batch
                     tried.update(t.trial_key for t in trials or [])
                     if stopper.stopped:
@@ -532,9 +483,8 @@ def _outcome(prepared: PreparedRun, trial_ids: list[str], start: float, interrup
     for table, where in outcome.paths.items():
         print(f"{table:>7}: {where}", file=out)
     if failure:
-        print("the study was stopped: its study file does not load in a trial process, so "
-              "every trial would fail; fix it, then run the same command with --resume",
-              file=out)
+        print("the study was stopped, since every trial would fail the same way: fix the "
+              "cause, then run the same command with --resume", file=out)
     elif interrupted:
         print("the study was interrupted: run the same command with --resume to finish it",
               file=out)

@@ -12,16 +12,19 @@ is reported (``checkpoint_note`` in every later report, and on stderr). Checkpoi
 Trial processes are reused between trials (``reuse_actors``); ``run_trial`` reseeds every
 generator at the start of each trial, and the loaded study and benchmark are cached.
 
-A study file that does not import in the trial process (it reads a file relative to the
-driver's working directory, say) would fail the same way on every attempt, and Ray 2.60 has no
-public way to exempt one exception from ``FailureConfig(max_failures)``. So the trainable does
-not raise: its one report says why under :data:`SETUP_FAILED` (the root cause with its line in
-the study file), and the driver records the trial as ERROR, never retried, and stops the study
-(``raycl.tune.runner``), as it does for a diverged trial's last report.
+Two failures would repeat on every attempt of every trial: a study file that does not import
+in the trial process (it reads a file relative to the driver's working directory, say), and a
+storage that cannot take a checkpoint because it is full, over quota or read-only
+(:data:`STORAGE_FULL_ERRNOS`). Ray 2.60 has no public way to exempt one exception from
+``FailureConfig(max_failures)``, so the trainable does not raise then: its last report says why
+under :data:`SETUP_FAILED` (the root cause; for a study file, with its line), and the driver
+records the trial as ERROR, never retried, and stops the study (``raycl.tune.runner``), as it
+does for a diverged trial's last report.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -42,10 +45,18 @@ from raycl.tune.compat import quiet_checkpoint_logs, spec_of_config
 
 __all__ = ["DIGEST_FILE", "SETUP_FAILED", "STATE_FILE", "TEMP_PREFIX", "CorruptCheckpoint",
            "read_checkpoint", "remove_stale_temporaries", "restore_state", "setup_failure",
-           "setup_failure_report", "trial_device", "trainable", "write_checkpoint"]
+           "setup_failure_report", "stop_report", "trial_device", "trainable",
+           "write_checkpoint", "STORAGE_FULL_ERRNOS"]
 
-#: Key of the one report of a trial whose study file does not import in its process: why.
+# Before Ray restores a trial from a checkpoint in this (trial) process, which imports this
+# module to unpickle the trainable: the driver already says that a trial restarted.
+quiet_checkpoint_logs()
+
+#: Key of the last report of a trial that failed as every trial would (its study file does
+#: not import in its process; the storage is full): why.
 SETUP_FAILED = "raycl_setup_failed"
+#: ``OSError.errno`` values of a storage that would fail every checkpoint again at once.
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 #: File name of the state inside each Tune checkpoint directory.
 STATE_FILE = "state.pt"
@@ -64,8 +75,14 @@ def setup_failure_report(source: StudySource, err: StudyError) -> dict[str, Any]
     scheduler and searcher read (Tune refuses a result without them)."""
     where = (f"{err.field} of {err.path}" if err.field.startswith("line ")
              else f"{err.path}: {err.field}")
-    reason = (f"the study file does not import in a trial process: {err.what} ({where}; "
-              f"working directory there: {os.getcwd()})")
+    return stop_report(source, f"the study file does not import in a trial process: "
+                               f"{err.what} ({where}; working directory there: {os.getcwd()})")
+
+
+def stop_report(source: StudySource, reason: str) -> dict[str, Any]:
+    """The last report of a trial that failed as every trial would: ``reason`` under
+    :data:`SETUP_FAILED`, and NaN for the metrics the scheduler and searcher read (Tune
+    refuses a result without them)."""
     metric = str(source.settings.get("metric", AVG_ACCURACY))
     nan = float("nan")
     report: dict[str, Any] = {SETUP_FAILED: reason}
@@ -211,7 +228,7 @@ def trial_device(use_gpu: bool) -> tuple[str, dict[str, Any]]:
     info: dict[str, Any] = {"node_ip": ray.util.get_node_ip_address()}
     if not use_gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA
-        info.update(device="cpu", gpu_ids="")
+        info.update(device="cpu", gpu_ids=None)  # no GPU: null, not ""
         return "cpu", info
     import torch
 
@@ -268,4 +285,12 @@ def trainable(config: dict[str, Any], source: StudySource, use_gpu: bool,
     if spec.init is not None:  # per-experience selection: continue the chosen learner
         fs, _, _ = resolve_storage(storage)
         init = read_checkpoint(fs, spec.init)
-    run_trial(study, spec, report, state, init_state=init, device=device, info=info)
+    try:
+        run_trial(study, spec, report, state, init_state=init, device=device, info=info)
+    except OSError as err:
+        if err.errno not in STORAGE_FULL_ERRNOS:
+            raise
+        # a retry would fail the same way (and every other trial with it): say so, stop
+        tune.report(stop_report(source, f"cannot save a checkpoint: {os.strerror(err.errno)} "
+                                        f"({' '.join(str(err).split())}); free space under "
+                                        f"{storage}"))
