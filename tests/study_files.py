@@ -183,6 +183,7 @@ study = Study(
           Arm("cut_upload", lambda c: [CutCheckpoint("cut_upload", 3)], baseline=True)],
     seeds=[0, 1],
     max_failures=1,
+    keep_final_checkpoint=True,
 )
 '''
 

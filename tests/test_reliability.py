@@ -1007,3 +1007,98 @@ def test_cli_numbers_and_abbreviations_are_checked(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["s.py", "--num-sample", "2"])  # no silent abbreviation
     assert "unrecognized arguments: --num-sample" in capsys.readouterr().err
+
+
+def test_checkpoints_are_pruned_as_trials_run_and_dropped_when_they_finish(tmp_path):
+    """Disk (issue 16 item 5): a running trial keeps its newest `keep_checkpoints`; a finished
+    one keeps none unless asked to keep its last (the per_experience protocol always does)."""
+    from raycl.study.protocol import keep_final_checkpoint
+    from raycl.tune.callbacks import ParquetCallback
+    from raycl.tune.compat import tune_config
+
+    def trial(i: int) -> SimpleNamespace:
+        folder = tmp_path / "demo" / "_ray" / "run" / f"t{i}"
+        return SimpleNamespace(trial_id=f"t{i}", last_result=_report(1), path=str(folder),
+                               config={"trial": tune_config(make_trial("naive", {}, i))})
+
+    def report(t: SimpleNamespace, callback: ParquetCallback, k: int) -> None:
+        (Path(t.path) / f"checkpoint_{k:06d}").mkdir(parents=True)
+        (Path(t.path) / f"checkpoint_{k:06d}" / "state.pt").write_bytes(b"x")
+        callback.on_trial_result(0, [], t, _report(k))
+
+    def left(t: SimpleNamespace) -> list[str]:
+        return sorted(p.name for p in Path(t.path).iterdir())
+
+    store = ResultStore(tmp_path, "demo")
+    dropping = ParquetCallback(store, keep_checkpoints=2, keep_final_checkpoint=False)
+    keeping = ParquetCallback(store, keep_checkpoints=2, keep_final_checkpoint=True)
+    a, b = trial(0), trial(1)
+    for callback, t in ((dropping, a), (keeping, b)):
+        callback.on_trial_start(0, [], t)
+        for k in range(12):  # 12: the newest two by number, not by name
+            report(t, callback, k)
+            assert left(t) == [f"checkpoint_{j:06d}" for j in range(max(0, k - 1), k + 1)]
+        t.checkpoint = SimpleNamespace(path=f"{t.path}/checkpoint_000011")
+    dropping.on_trial_complete(0, [], a)
+    keeping.on_trial_complete(0, [], b)
+    assert left(a) == [] and left(b) == ["checkpoint_000011"]
+    rows = store.frames()["trials"].set_index("trial_id")["checkpoint"]
+    assert rows["t0"] is None and rows["t1"] == f"{b.path}/checkpoint_000011"
+
+    study = load_study(write_study(tmp_path, TINY))
+    assert study.keep_checkpoints == 2 and not keep_final_checkpoint(study)
+    assert keep_final_checkpoint(study.__class__(**{**study.__dict__,
+                                                    "selection": "per_experience"}))
+
+
+class _Terminal(__import__("io").StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_shows_each_running_trial_and_the_time_left(monkeypatch):
+    """Issue 16 item 3: a line per running trial (arm, seed, experience k/N, latest accuracy),
+    redrawn in place on a terminal, printed whole in a log, and the time left once a trial
+    has finished."""
+    import io
+
+    from raycl.tune import progress as progress_module
+    from raycl.tune.compat import tune_config
+    from raycl.tune.progress import ProgressCallback
+
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+
+    def trial(arm: str, seed: int) -> SimpleNamespace:
+        params = {} if arm == "naive" else {"ewc_lambda": 1.0}
+        return SimpleNamespace(trial_id=f"{arm}{seed}", status="RUNNING", last_result={},
+                               config={"trial": tune_config(make_trial(arm, params, seed))})
+
+    def result(k: int, acc: float) -> dict:
+        return {"experience": k, "valid_avg_accuracy": acc, "valid_final_avg_accuracy": acc}
+
+    for out in (io.StringIO(), _Terminal()):
+        now[0] = 0.0
+        shown = ProgressCallback(4, "valid_final_avg_accuracy", "max", out=out, log_every=0,
+                                 n_experiences=5)
+        a, b = trial("naive", 0), trial("ewc", 1)
+        for t in (a, b):
+            shown.on_trial_start(0, [a, b], t)
+        now[0] = 10.0
+        shown.on_trial_result(0, [a, b], a, result(0, 0.91))
+        shown.on_trial_result(0, [a, b], a, result(1, 0.62))
+        assert shown.trial_lines() == [
+            "  ewc            seed 1   experience 0/5  valid_avg_accuracy -",
+            "  naive          seed 0   experience 2/5  valid_avg_accuracy 0.6200"]
+        assert shown.time_left() is None and "left" not in shown.line()
+        now[0] = 40.0
+        a.status = "TERMINATED"
+        shown.on_trial_complete(0, [a, b], a)
+        # one trial took 40 s; 2 still to start, b has ~0 s of its 40 left; 1 running
+        assert shown.time_left() == pytest.approx(80.0)
+        assert shown.line().endswith("| ~1m20s left")
+        assert [ln.split()[0] for ln in shown.trial_lines()] == ["ewc"]
+    text = out.getvalue()
+    # the terminal's block was redrawn in place: every redraw of a two-line block first moves
+    # up one line and clears it
+    assert text.count("\x1b[1A\x1b[2K") >= 3

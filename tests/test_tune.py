@@ -149,15 +149,18 @@ def test_trial_killed_while_writing_its_checkpoint_resumes_from_the_last_complet
             pd.testing.assert_frame_equal(clean.reset_index(drop=True),
                                           cut.reset_index(drop=True))
 
-    # every checkpoint left in storage is complete: the cut one was written again
+    # keep_final_checkpoint: each finished trial kept its last checkpoint only (the others
+    # were pruned as it ran), complete, and its trials row points to it
     import pyarrow.fs as pafs
 
     from raycl.tune.trainable import read_checkpoint
 
     folders = sorted((tmp_path / "results" / "cuts" / "_ray").rglob("checkpoint_*"))
-    assert len(folders) == 6 * 5
+    trials = pd.read_parquet(outcome.paths["trials"])
+    assert sorted(map(str, folders)) == sorted(trials["checkpoint"])
     for folder in folders:
-        read_checkpoint(pafs.LocalFileSystem(), str(folder))
+        state = read_checkpoint(pafs.LocalFileSystem(), str(folder))
+        assert state["next_experience"] == 5
 
 
 SLOW = {
@@ -455,6 +458,8 @@ import sys
 from ray.cluster_utils import Cluster
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+cluster.add_node(num_cpus=1)  # two nodes: a cluster
+cluster.wait_for_nodes()
 print(cluster.address, flush=True)
 sys.stdin.read()  # until the test closes stdin
 cluster.shutdown()
@@ -493,6 +498,24 @@ def test_without_an_address_a_ray_already_running_is_not_joined(tmp_path):
         assert address not in which[0]
         trials = pd.read_parquet(tmp_path / "results" / "one" / "trials.parquet")
         assert list(trials["status"]) == ["TERMINATED"]
+
+        # joined on purpose, that 2-node cluster refuses a storage path only this machine sees
+        joined = [sys.executable, "-m", "raycl.study", str(path), "--address", address,
+                  "--gpus-per-trial", "0"]
+        refused = subprocess.run([*joined, "--storage", str(tmp_path / "local")], env=env,
+                                 capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+        assert f"raycl: error: --storage {tmp_path / 'local'}: a path on this machine, and " \
+               f"the Ray cluster has 2 nodes: use storage every node reaches" in refused.stderr
+        # ... and, declared shared, a trial no node can place stops the study after the
+        # --pending-timeout (an autoscaler might have added a node meanwhile)
+        waited = subprocess.run([*joined, "--storage", str(tmp_path / "shared"),
+                                 "--shared-storage", "--cpus-per-trial", "4",
+                                 "--pending-timeout", "2"], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert waited.returncode == 1, waited.stdout[-3000:] + waited.stderr[-3000:]
+        assert "raycl: error: no node of the Ray cluster could run a trial for 2 s: it asks " \
+               "for 4 CPU and 0 GPU, and the largest node has 1 CPU and 0 GPU" in waited.stderr
     finally:
         other.stdin.close()
         try:

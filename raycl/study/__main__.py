@@ -120,6 +120,10 @@ def parser() -> argparse.ArgumentParser:
                    help="on a cluster where no node can run a trial yet (an autoscaler may "
                         "add one): stop the study after this long without a trial started "
                         "(default: 900)")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="the --storage path is a file system every node of the cluster "
+                        "mounts at the same place (NFS, say); without it a local path is "
+                        "refused on a cluster of more than one node")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the study and print the trials that would run")
     return p
@@ -168,6 +172,7 @@ def _run(args: argparse.Namespace, prepared: PreparedRun) -> int:
     try:
         extra = ({} if args.pending_timeout is None
                  else {"pending_timeout_s": args.pending_timeout})
+        extra["shared_storage"] = args.shared_storage
         outcome = run_study(prepared, address=args.address, dashboard_host=args.dashboard_host,
                             trials_per_batch=args.trials_per_batch, **extra)
     except RunError as err:

@@ -247,6 +247,8 @@ def _settings_problems(study: Study) -> Problems:
     _checked(p, "max_concurrent", check_optional_int, study.max_concurrent, minimum=1)
     # 2 at least: a corrupt last checkpoint falls back to the one before it
     _checked(p, "keep_checkpoints", check_optional_int, study.keep_checkpoints, minimum=2)
+    _check(isinstance(study.keep_final_checkpoint, bool), p, "keep_final_checkpoint",
+           f"must be True or False, got {study.keep_final_checkpoint!r}")
     return p + _selection_problems(study)
 
 

@@ -95,6 +95,7 @@ from raycl.study.spec import Arm, Study, TrialSpec, make_trial
 from raycl.study.stats import COMPARISON_COLUMNS, interval, paired_comparisons, verdict
 
 __all__ = ["PROTOCOLS", "Batch", "Choice", "choices", "confirm_seeds", "first_trials",
+           "keep_final_checkpoint",
            "next_batch", "rank_column", "report_column", "reported_phase", "reported_rows",
            "search_phase", "selection_frame", "trial_where", "comparisons_frame"]
 
@@ -161,6 +162,12 @@ def confirm_seeds(study: Study) -> list[int]:
         return []
     top = max(study.seeds)
     return [top + 1, top + 2, top + 3]
+
+
+def keep_final_checkpoint(study: Study) -> bool:
+    """Whether a finished trial keeps its last checkpoint: when the study asks, and always for
+    'per_experience', whose every step continues a chosen trial's learner."""
+    return bool(study.keep_final_checkpoint) or study.selection == "per_experience"
 
 
 def search_phase(study: Study) -> str:

@@ -30,6 +30,7 @@ import atexit
 import json
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -88,6 +89,8 @@ __all__ = ["ERRORS_FOLDER", "LOCK_FILE", "LOCK_REFRESH_S", "LOCK_SETTLE_S", "LOC
 #: The folder under the storage root that holds ``--smoke`` checks (``<storage>/smoke/<name>/``);
 #: no study may be named so (the loader refuses it), so a check never replaces a study's files.
 SMOKE_FOLDER = "smoke"
+#: Ray Tune's checkpoint folders inside a trial's folder.
+_CHECKPOINT_FOLDER = re.compile(r"^checkpoint_(\d+)$")
 #: Subfolder of a study's folder holding the full error text of each failed trial.
 ERRORS_FOLDER = "errors"
 #: The lock file of a study folder, held by the run writing it.
@@ -429,6 +432,25 @@ class ResultStore:
 
         self._atomic(f"{ERRORS_FOLDER}/{trial_key}.txt", write)
         return self.error_file(trial_key)
+
+    def prune_checkpoints(self, trial_folder: str, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest ``checkpoint_<k>`` folders in a trial's folder
+        (``keep`` 0: all of them); returns the folders deleted. A folder that cannot be listed
+        or deleted is left as it is (pruning only saves space)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(trial_folder))
+        except (OSError, pa.ArrowException):
+            return []
+        numbered = sorted((int(m[1]), info.path) for info in infos
+                          if info.type == pafs.FileType.Directory
+                          and (m := _CHECKPOINT_FOLDER.match(info.base_name)))
+        doomed = [path for _, path in (numbered[:-keep] if keep else numbered)]
+        for path in doomed:
+            try:
+                self.fs.delete_dir(path)
+            except (OSError, pa.ArrowException):
+                pass
+        return doomed
 
     def _write_settings(self, where: str) -> None:
         with self.fs.open_output_stream(where) as f:

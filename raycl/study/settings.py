@@ -131,8 +131,8 @@ WIDENING = ("num_samples", "seeds", "confirm_seeds", "arms")
 #: (description, resources, concurrency, retries, checkpoints kept, versions, the file's name
 #: and hash) and the statistics computed from the finished rows (interval, paired_test).
 _NOT_TRAINING = frozenset({"description", "resources", "max_concurrent", "max_failures",
-                           "keep_checkpoints", "versions", "study_file", "study_file_sha256",
-                           "interval", "paired_test"})
+                           "keep_checkpoints", "keep_final_checkpoint", "versions",
+                           "study_file", "study_file_sha256", "interval", "paired_test"})
 
 
 def training_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -290,10 +290,13 @@ class Study:
     """Restarts of a failed trial (from its last checkpoint) before it counts as errored."""
     max_concurrent: int | None = None
     """Most trials running at once; None: as many as the resources allow."""
-    keep_checkpoints: int | None = None
-    """Checkpoints kept per trial, at least 2 (a corrupt last checkpoint falls back to the one
-    before it); None keeps all (cheap for small models; a bound forces an experiment-state
-    snapshot with every checkpoint, which costs time)."""
+    keep_checkpoints: int | None = 2
+    """Checkpoints kept per running trial, at least 2 (a corrupt last checkpoint falls back to
+    the one before it); None keeps all."""
+    keep_final_checkpoint: bool = False
+    """Keep a finished trial's last checkpoint (its learner, to load later). Off by default: a
+    finished trial is never restarted, so its checkpoints only take disk. The
+    ``per_experience`` protocol always keeps them (each step continues the chosen learner)."""
     selection: str = "valid"
     """How each arm's config is chosen, and on which data its reported figures are measured:
 

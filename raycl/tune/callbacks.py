@@ -17,6 +17,7 @@ from raycl.study.schema import DIVERGED, ERRORED, EXPERIENCE, TERMINATED
 from raycl.tune.compat import (
     trial_checkpoint_path,
     trial_error_text,
+    trial_folder,
     trial_spec,
     trim_finished_trial,
 )
@@ -106,8 +107,13 @@ class ParquetCallback(tune.Callback):
     """
 
     def __init__(self, store: ResultStore, write_factor: float = 9.0,
-                 stopper: StudyStopper | None = None) -> None:
+                 stopper: StudyStopper | None = None, keep_checkpoints: int | None = None,
+                 keep_final_checkpoint: bool = True) -> None:
         self.store = store
+        #: Checkpoints kept per running trial (None: all); see :meth:`on_trial_result`.
+        self.keep_checkpoints = keep_checkpoints
+        #: Whether a finished trial keeps its last checkpoint (else all are deleted).
+        self.keep_final_checkpoint = keep_final_checkpoint
         #: Stops the study when every trial would fail the same way (None: never).
         self.stopper = stopper
         #: trial_id -> where its full error text was written (the last failure's).
@@ -137,16 +143,30 @@ class ParquetCallback(tune.Callback):
         if EXPERIENCE in result:
             self.store.add_report(trial_spec(trial), trial.trial_id, result)
             self._last[trial.trial_id] = result
+            # raycl prunes, not Tune's CheckpointConfig(num_to_keep): a bound there makes Tune
+            # snapshot its experiment state with every checkpoint, which costs time
+            folder = trial_folder(trial)
+            if self.keep_checkpoints and folder:
+                self.store.prune_checkpoints(folder, self.keep_checkpoints)
 
     def _finish(self, trial: Any, status: str, error: str | None) -> None:
         last = self._last.pop(trial.trial_id, None)
         if last is None and EXPERIENCE in (trial.last_result or {}):
             last = trial.last_result
+        checkpoint = trial_checkpoint_path(trial)
+        folder = trial_folder(trial)
+        if folder and not (self.keep_final_checkpoint and status == TERMINATED):
+            # a finished trial is never restarted (a resumed study reruns unfinished ones from
+            # their start), so its checkpoints are only disk; an errored trial's too
+            self.store.prune_checkpoints(folder, 0)
+            checkpoint = None
+        elif folder:
+            self.store.prune_checkpoints(folder, 1)
         self.store.set_trial(trial_spec(trial), trial.trial_id, status,
                              last or {}, error=error,
                              started_at=self.started.get(trial.trial_id),
                              finished_at=pd.Timestamp.now(tz="UTC"),
-                             checkpoint=trial_checkpoint_path(trial))
+                             checkpoint=checkpoint)
         self._dirty = True
         self._write_when_due()
         trim_finished_trial(trial)

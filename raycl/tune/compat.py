@@ -31,8 +31,8 @@ from raycl.study.spec import TrialSpec
 
 __all__ = ["TRIAL_CONFIG", "missing_internals", "quiet_checkpoint_logs", "quiet_ray_console",
            "set_run_environment", "signal_handling_off", "spec_of_config", "trial_error_file",
-           "trial_checkpoint_path", "trial_error_text", "trial_spec", "trim_finished_trial",
-           "tune_config"]
+           "trial_checkpoint_path", "trial_error_text", "trial_folder", "trial_spec",
+           "trim_finished_trial", "tune_config"]
 
 #: Key of the Tune trial config that holds the trial's :class:`~raycl.study.spec.TrialSpec`.
 TRIAL_CONFIG = "trial"
@@ -186,6 +186,15 @@ def trial_error_file(trial: Any) -> str | None:
     return getattr(trial, "error_file", None) or None
 
 
+def trial_folder(trial: Any) -> str | None:
+    """The trial's folder in the study's storage file system (its ``checkpoint_*`` folders
+    are there), or None when Tune does not say."""
+    try:
+        return trial.path or None
+    except Exception:  # no storage context (a stub trial)
+        return None
+
+
 def trial_checkpoint_path(trial: Any) -> str | None:
     """The path (in the study's storage file system) of the trial's latest checkpoint."""
     try:
@@ -225,7 +234,7 @@ def missing_internals() -> list[str]:
 
     trial = Trial("__raycl_probe", config={TRIAL_CONFIG: None}, stub=True)
     # error_file is a property that needs a started trial: looked up on the class
-    missing = [f"Trial.{name}" for name in ("error_file", "get_error", "checkpoint")
+    missing = [f"Trial.{name}" for name in ("error_file", "get_error", "checkpoint", "path")
                if not hasattr(Trial, name)]
     meta = getattr(trial, "run_metadata", None)
     if meta is None:

@@ -1,10 +1,14 @@
-"""A one-line progress display for a running study (Ray's own trial table is switched off).
+"""The progress display of a running study (Ray's own trial table is switched off).
 
-On a terminal the line is redrawn in place as trials start, report and finish; in a log (not a
-TTY) it is printed at most every ``log_every`` seconds, and once at the end. A trial that failed
-for good gets one line of its own: how many attempts, the error's last line, and where its full
-tracebacks are (the study folder's ``errors/``); a failed attempt that restarts from its checkpoint
-only counts in the status line.
+A status line (``elapsed | done/total, running, errored | best <metric> (arm) | ~time left``)
+and one line per running trial (``<arm>  seed <s>  experience k/N  <metric> <latest>``). On a
+terminal the block is redrawn in place as trials start, report and finish; in a log (not a TTY)
+it is printed at most every ``log_every`` seconds, and once at the end. The time left is the
+trials still to run times the mean wall time of the trials this run finished, divided by the
+trials running at once (shown once one has finished). A trial that failed for good gets one
+line of its own: how many attempts, the error's last line, and where its full tracebacks are
+(the study folder's ``errors/``); a failed attempt that restarts from its checkpoint only
+counts in the status line.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, TextIO
 
 from ray import tune
 
+from raycl.study.schema import EXPERIENCE
 from raycl.tune.callbacks import diverged, error_line
 from raycl.tune.compat import trial_error_file, trial_spec
 from raycl.tune.trainable import setup_failure
@@ -35,12 +40,25 @@ class ProgressCallback(tune.Callback):
         log_every: seconds between lines when ``out`` is not a terminal.
         error_files: trial_id -> where its full error text was written (filled by the
             Parquet callback, which Tune calls first).
+        n_experiences: experiences of a trial that trains on the whole stream (the ``N`` of
+            ``experience k/N``).
+        accuracy: the report column shown per running trial (its latest value).
     """
 
     def __init__(self, total: int, metric: str, mode: str, already_done: int = 0,
                  best: tuple[float, str] | None = None, out: TextIO | None = None,
-                 log_every: float = 10.0, error_files: dict[str, str] | None = None) -> None:
+                 log_every: float = 10.0, error_files: dict[str, str] | None = None,
+                 n_experiences: int | None = None,
+                 accuracy: str = "valid_avg_accuracy") -> None:
+        self.accuracy = accuracy
         self.error_files = {} if error_files is None else error_files
+        self.n_experiences = n_experiences
+        #: trial_id -> (arm, seed, experiences done, of how many, latest metric value)
+        self.current: dict[str, tuple[str, int, int, int | None, float | None]] = {}
+        #: trial_id -> when it first started in this run; wall times of the finished ones
+        self._began: dict[str, float] = {}
+        self._durations: list[float] = []
+        self._lines = 0  # lines of the block drawn last on a terminal
         #: trial_id -> failed attempts that restarted from a checkpoint
         self.retries: dict[str, int] = {}
         self.total = total + already_done
@@ -74,28 +92,56 @@ class ProgressCallback(tune.Callback):
         elapsed = time.monotonic() - self.start
         best = "-" if self.best is None else f"{self.best[0]:.4f} ({self.best[1]})"
         retrying = len(self.retries)
+        left = self.time_left()
         return (f"[{elapsed:6.1f}s] trials {self.done}/{self.total} done, "
                 f"{self.running} running"
                 + (f" ({retrying} after a failure)" if retrying else "")
                 + f", {self.errored} errored | "
-                f"best {self.metric} {best}")
+                f"best {self.metric} {best}"
+                + ("" if left is None else f" | ~{_duration(left)} left"))
+
+    def time_left(self) -> float | None:
+        """Seconds until the last trial ends, estimated from the trials this run finished
+        (None before one has)."""
+        if not self._durations:
+            return None
+        mean = sum(self._durations) / len(self._durations)
+        to_start = max(0, self.total - self.done - self.errored - self.running)
+        running_left = sum(max(0.0, mean - (time.monotonic() - self._began.get(t, 0.0)))
+                           for t in self.current)
+        slots = max(1, self.running, len(self.current))
+        return (to_start * mean + running_left) / slots
+
+    def trial_lines(self) -> list[str]:
+        """One line per running trial: arm, seed, experiences done, latest metric value."""
+        lines = []
+        for arm, seed, k, n, value in sorted(self.current.values(), key=lambda v: v[:2]):
+            shown = "-" if value is None else f"{value:.4f}"
+            lines.append(f"  {arm:<14} seed {seed:<3} experience {k}/{n or '?'}  "
+                         f"{self.accuracy} {shown}")
+        return lines
 
     def _show(self, force: bool = False) -> None:
         now = time.monotonic()
         if self.tty:
-            text = self.line()
-            pad = max(0, self._width - len(text))
-            self.out.write("\r" + text + " " * pad)
-            self._width = len(text)
+            self._erase()
+            block = [self.line(), *self.trial_lines()]
+            self.out.write("\n".join(block))
+            self._lines = len(block)
             self.out.flush()
         elif force or now - self._last_print >= self.log_every:
-            print(self.line(), file=self.out, flush=True)
+            print("\n".join([self.line(), *self.trial_lines()]), file=self.out, flush=True)
             self._last_print = now
 
+    def _erase(self) -> None:
+        """Terminal: clear the block drawn last (cursor back to its first line)."""
+        if self._lines:
+            self.out.write("\r\x1b[2K" + "\x1b[1A\x1b[2K" * (self._lines - 1))
+            self._lines = 0
+
     def _message(self, text: str) -> None:
-        if self.tty and self._width:
-            self.out.write("\r" + " " * self._width + "\r")
-            self._width = 0
+        if self.tty:
+            self._erase()
         print(text, file=self.out, flush=True)
 
     # ---- Tune events ------------------------------------------------------------------------
@@ -107,12 +153,35 @@ class ProgressCallback(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A trial started (or restarted)."""
         self._count(trials)
+        self._began.setdefault(trial.trial_id, time.monotonic())
+        spec = trial_spec(trial)
+        if trial.trial_id not in self.current:
+            self.current[trial.trial_id] = (spec.arm, spec.seed, 0, self._length(spec), None)
         self._show()
+
+    def _length(self, spec: Any) -> int | None:
+        """How many experiences the trial of ``spec`` trains."""
+        n = self.n_experiences
+        if spec.stream is not None:
+            n = spec.stream[1] - spec.stream[0]
+        if spec.steps is not None:
+            n = spec.steps if n is None else min(n, spec.steps)
+        return n
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
         """Track the best value of the metric reported so far."""
         value = result.get(self.metric)
+        spec = trial_spec(trial)
+        if EXPERIENCE in result:
+            _, _, k, n, shown = self.current.get(trial.trial_id,
+                                                 (spec.arm, spec.seed, 0, None, None))
+            k += 1
+            latest = result.get(self.accuracy)
+            if isinstance(latest, (int, float)) and math.isfinite(latest):
+                shown = float(latest)
+            self.current[trial.trial_id] = (spec.arm, spec.seed, k, n or self._length(spec),
+                                            shown)
         if isinstance(value, (int, float)) and math.isfinite(value):
             better = (self.best is None or (value > self.best[0] if self.mode == "max"
                                             else value < self.best[0]))
@@ -125,7 +194,7 @@ class ProgressCallback(tune.Callback):
                           **info: Any) -> None:
         """One more trial done (or diverged, or failed to load the study: errored)."""
         self._count(trials, trial)
-        self.retries.pop(trial.trial_id, None)
+        self._ended(trial)
         reason = diverged(trial) or setup_failure(trial)
         if reason:
             self.errored += 1
@@ -147,12 +216,20 @@ class ProgressCallback(tune.Callback):
         and where its tracebacks are."""
         self._count(trials, trial)
         self.errored += 1
-        attempts = self.retries.pop(trial.trial_id, 0) + 1
+        attempts = self.retries.get(trial.trial_id, 0) + 1
+        self._ended(trial)
         where = self.error_files.get(trial.trial_id) or trial_error_file(trial)
         self._message(f"trial {_who(trial)} errored"
                       + (f" after {attempts} attempts" if attempts > 1 else "")
                       + f": {error_line(trial)}" + (f" (traceback: {where})" if where else ""))
         self._show(force=True)
+
+    def _ended(self, trial: Any) -> None:
+        self.retries.pop(trial.trial_id, None)
+        self.current.pop(trial.trial_id, None)
+        began = self._began.pop(trial.trial_id, None)
+        if began is not None:
+            self._durations.append(time.monotonic() - began)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """A Tune run (one batch of the study) ended: refresh the line (see :meth:`close`)."""
@@ -162,12 +239,23 @@ class ProgressCallback(tune.Callback):
     def close(self) -> None:
         """Final line, once the study's last batch ended (or was stopped)."""
         self.running = 0
+        self.current.clear()  # trials a Ctrl-C stopped: no longer running
         if self.tty:
             self._show()
             self.out.write("\n")
             self.out.flush()
         else:
             self._show(force=True)
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s`` or ``2h07m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _who(trial: Any) -> str:

@@ -39,7 +39,7 @@ from typing import Any, TextIO
 from ray import tune
 
 from raycl.study.plan import PreparedRun, RunError, TrialSpec, arm_budget
-from raycl.study.protocol import rank_column, search_phase, trial_where
+from raycl.study.protocol import keep_final_checkpoint, rank_column, search_phase, trial_where
 from raycl.study.schema import (
     AVG_ACCURACY,
     DIVERGED,
@@ -53,6 +53,7 @@ from raycl.study.schema import (
     VALID,
     metric_column,
     reported_every_experience,
+    split_column,
 )
 from raycl.study.spec import Study
 from raycl.study.summary import header, resources_text, summary_lines
@@ -229,7 +230,7 @@ def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any], *, name: st
         name=name, storage_path=prepared.store.ray_storage, verbose=0, callbacks=callbacks,
         stop=stopper,
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=study.keep_checkpoints))
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None))  # pruned by raycl
     return tune.Tuner(fn, param_space=param_space, tune_config=settings,
                       run_config=run_config)
 
@@ -262,7 +263,8 @@ def ray_init_kwargs(address: str | None, dashboard_host: str | None = None) -> d
 def run_study(prepared: PreparedRun, *, address: str | None = None,
               dashboard_host: str | None = None, trials_per_batch: int | None = None,
               out: TextIO | None = None,
-              pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S) -> StudyOutcome:
+              pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S,
+              shared_storage: bool = False) -> StudyOutcome:
     """Run a prepared study (:func:`raycl.study.plan.prepare_run`) on Ray Tune and write its
     Parquet results; see the module docstring. Releases the prepared run's lock when it ends,
     whatever the outcome (an error or Ctrl-C included).
@@ -273,20 +275,22 @@ def run_study(prepared: PreparedRun, *, address: str | None = None,
     used. ``trials_per_batch`` caps the trials of one Tune run (None:
     :func:`default_trials_per_batch`; 0: all in one run). On a cluster where no node can run a
     trial (an autoscaler may add one), the study stops with one line when no trial has
-    started after ``pending_timeout_s``. Raises :class:`~raycl.study.plan.RunError` when Ray
+    started after ``pending_timeout_s``. On a cluster of more than one node, a local storage
+    path is refused unless ``shared_storage`` declares it a file system every node mounts.
+    Raises :class:`~raycl.study.plan.RunError` when Ray
     cannot be started or joined, or when no node of raycl's own local Ray can run a trial.
     """
     try:
         with quiet_ray_console():
             return _run_study(prepared, address, dashboard_host, trials_per_batch, out,
-                              pending_timeout_s)
+                              pending_timeout_s, shared_storage)
     finally:
         prepared.release()
 
 
 def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str | None,
                trials_per_batch: int | None, out: TextIO | None,
-               pending_timeout_s: float) -> StudyOutcome:
+               pending_timeout_s: float, shared_storage: bool) -> StudyOutcome:
     start = time.monotonic()
     out = out or sys.stdout
     if prepared.next_batch(set()) is None:
@@ -313,7 +317,8 @@ def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str |
             which = _connect(address, dashboard_host)
             connected = True
         run, parquet, write_error, stopper = _fit_batches(prepared, trials_per_batch, out,
-                                                          which, pending_timeout_s)
+                                                          which, pending_timeout_s,
+                                                          shared_storage)
     finally:
         if connected:  # stops the local Ray we started; only disconnects from a cluster
             ray.shutdown()
@@ -323,6 +328,25 @@ def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str |
     interrupted = stopper.stopped or run.ended < run.expected or bool(write_error)
     return _outcome(prepared, list(parquet.started), start, interrupted, out,
                     failure=stopper.failure)
+
+
+def _unshared_storage(prepared: PreparedRun, shared: bool) -> str | None:
+    """Why the study's storage will not do on the connected cluster (None: it will): a path
+    on this machine's file system, on a cluster of more than one node, unless declared
+    shared (an NFS mount every node has at the same path, say). Trials on the other nodes
+    would write their checkpoints where the driver never looks, and fail to resume."""
+    import pyarrow.fs as pafs
+    import ray
+
+    if shared or not isinstance(prepared.store.fs, pafs.LocalFileSystem):
+        return None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return None
+    return (f"--storage {prepared.store.uri.rpartition('/')[0]}: a path on this machine, and "
+            f"the Ray cluster has {len(nodes)} nodes: use storage every node reaches "
+            f"(--storage s3://bucket/prefix), or add --shared-storage if this path is a "
+            f"file system every node mounts at the same place")
 
 
 def _unplaceable(study: Study, gpus: float) -> str | None:
@@ -375,7 +399,7 @@ class _Run:
 
 
 def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextIO, which: str,
-                 pending_timeout_s: float
+                 pending_timeout_s: float, shared_storage: bool
                  ) -> tuple[_Run, ParquetCallback, str | None, StudyStopper]:
     """Every phase of the study's protocol, each as Tune runs of at most ``trials_per_batch``
     trials, under one signal handler. Returns what ran, the Parquet callback (what it
@@ -384,13 +408,17 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
     header."""
     study, store = prepared.study, prepared.store
     stopper = StudyStopper()
-    parquet = ParquetCallback(store, stopper=stopper)
+    parquet = ParquetCallback(store, stopper=stopper, keep_checkpoints=study.keep_checkpoints,
+                              keep_final_checkpoint=keep_final_checkpoint(study))
     run = _Run()
     write_error = None
     fitting = False
     try:
         with _stop_on_signals(stopper, out):
             gpus = _gpus_per_trial(study)
+            unshared = _unshared_storage(prepared, shared_storage)
+            if unshared:
+                raise RunError(unshared)
             missing = _unplaceable(study, gpus)
             if missing and which.startswith("local Ray started"):  # a fixed size: never
                 raise RunError(f"no node of this machine's Ray can run a trial: it asks for "
@@ -422,7 +450,11 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
                       file=out, flush=True)
                 progress = ProgressCallback(total, rank_column(study), study.mode, already,
                                             best=prepared.best_done() if searching else None,
-                                            out=out, error_files=parquet.error_files)
+                                            out=out, error_files=parquet.error_files,
+                                            n_experiences=study.benchmark.n_experiences,
+                                            accuracy=split_column(
+                                                TEST if study.selection == "test" else VALID,
+                                                AVG_ACCURACY))
                 searcher = _searcher(prepared) if batch.trials is None else None
                 first = 0
                 for size in _batches(total, per_batch):
