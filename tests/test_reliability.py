@@ -1102,3 +1102,23 @@ def test_progress_shows_each_running_trial_and_the_time_left(monkeypatch):
     # the terminal's block was redrawn in place: every redraw of a two-line block first moves
     # up one line and clears it
     assert text.count("\x1b[1A\x1b[2K") >= 3
+
+
+def test_study_callbacks_must_be_tune_callbacks_and_trackers_need_their_package(tmp_path,
+                                                                                capsys):
+    import importlib.util
+
+    from raycl.study.plan import RunError
+    from raycl.tune.trackers import tracker_callbacks
+
+    path = write_study(tmp_path, TINY, replace={"num_samples=2,": "num_samples=2, "
+                                                                 "callbacks=[print],"})
+    assert main([str(path), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"raycl: error: {path}: callbacks[0]: must be a Ray Tune callback")
+    store = ResultStore(tmp_path, "tiny")
+    assert len(tracker_callbacks(["tensorboard", "tensorboard"], "tiny", store)) == 1
+    for name, package in (("mlflow", "mlflow"), ("wandb", "wandb")):
+        if importlib.util.find_spec(package) is None:
+            with pytest.raises(RunError, match=f"--tracker {name}: needs the {package} "):
+                tracker_callbacks([name], "tiny", store)

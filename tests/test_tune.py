@@ -571,3 +571,38 @@ def test_resources_no_node_has_are_one_line_and_exit_2_on_a_local_ray(tmp_path):
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("raycl: error:")]
     assert len(errors) == 1 and "asks for 64 CPU" in errors[0], done.stderr[-2000:]
     assert not (tmp_path / "results" / "tiny" / "trials.parquet").exists()
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, list[int]]:
+    """tag -> steps of every scalar in the TensorBoard event files under ``folder`` (TFRecord
+    framing: length, its CRC, the Event proto, its CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    steps: dict[str, list[int]] = {}
+    for path in folder.rglob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    steps.setdefault(value.tag, []).append(event.step)
+    return steps
+
+
+def test_a_tensorboard_tracker_logs_a_step_per_experience_with_the_config(ray_address,
+                                                                           tmp_path):
+    pytest.importorskip("tensorboardX")
+    path = write_study(tmp_path, ONE_TRIAL)
+    outcome = run_study(prepare_run(path, storage=str(tmp_path / "results"), gpus_per_trial=0),
+                        out=io.StringIO(), trackers=["tensorboard"])
+    assert (outcome.finished, outcome.errored) == (1, 0)
+    scalars = _tensorboard_scalars(tmp_path / "results" / "one" / "_ray")
+    assert scalars["ray/tune/valid_avg_accuracy"] == [1, 2]  # one step per experience
+    assert scalars["ray/tune/test_acc_exp_000"] == [1, 2]
+    hparams = list((tmp_path / "results" / "one" / "_ray").rglob("events.out.tfevents.*"))
+    assert any(b"trial/seed" in p.read_bytes() for p in hparams)  # the config as parameters

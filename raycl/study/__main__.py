@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from raycl.study.plan import PreparedRun
@@ -120,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
                    help="on a cluster where no node can run a trial yet (an autoscaler may "
                         "add one): stop the study after this long without a trial started "
                         "(default: 900)")
+    p.add_argument("--tracker", action="append", default=[],
+                   choices=("tensorboard", "mlflow", "wandb"),
+                   help="also log every trial to an experiment tracker (repeatable): "
+                        "TensorBoard event files under STORAGE/<name>/_ray, MLflow (a file "
+                        "store STORAGE/<name>/mlruns unless MLFLOW_TRACKING_URI is set), "
+                        "Weights & Biases (WANDB_MODE=offline keeps it local)")
     p.add_argument("--shared-storage", action="store_true",
                    help="the --storage path is a file system every node of the cluster "
                         "mounts at the same place (NFS, say); without it a local path is "
@@ -170,9 +176,10 @@ def _run(args: argparse.Namespace, prepared: PreparedRun) -> int:
         print(f"{ERROR_PREFIX}cannot import the Ray Tune layer: {err}", file=sys.stderr)
         return 2
     try:
-        extra = ({} if args.pending_timeout is None
-                 else {"pending_timeout_s": args.pending_timeout})
+        extra: dict[str, Any] = ({} if args.pending_timeout is None
+                                 else {"pending_timeout_s": args.pending_timeout})
         extra["shared_storage"] = args.shared_storage
+        extra["trackers"] = args.tracker
         outcome = run_study(prepared, address=args.address, dashboard_host=args.dashboard_host,
                             trials_per_batch=args.trials_per_batch, **extra)
     except RunError as err:

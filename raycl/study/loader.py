@@ -247,6 +247,7 @@ def _settings_problems(study: Study) -> Problems:
     _checked(p, "max_concurrent", check_optional_int, study.max_concurrent, minimum=1)
     # 2 at least: a corrupt last checkpoint falls back to the one before it
     _checked(p, "keep_checkpoints", check_optional_int, study.keep_checkpoints, minimum=2)
+    p += _callback_problems(study)
     _check(isinstance(study.keep_final_checkpoint, bool), p, "keep_final_checkpoint",
            f"must be True or False, got {study.keep_final_checkpoint!r}")
     return p + _selection_problems(study)
@@ -431,6 +432,18 @@ def _sample_problems(study: Study) -> list[tuple[str, str]]:
                 return [(f"arms[{arm.name}].plugins",
                          f"{type(err).__name__}: {err} (sampled config {config})")]
     return []
+
+
+def _callback_problems(study: Study) -> list[tuple[str, str]]:
+    """``callbacks`` must be a list of Ray Tune callbacks."""
+    from ray.tune import Callback
+
+    if not isinstance(study.callbacks, (list, tuple)):
+        return [("callbacks", f"must be a list of Ray Tune callbacks, got "
+                              f"{type(study.callbacks).__name__}")]
+    return [(f"callbacks[{i}]", f"must be a Ray Tune callback (ray.tune.Callback, e.g. "
+                                f"ray.tune.logger.TBXLoggerCallback()), got {c!r}")
+            for i, c in enumerate(study.callbacks) if not isinstance(c, Callback)]
 
 
 def validate_study(study: Study, filename: str | Path = "<study>") -> None:

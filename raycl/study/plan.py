@@ -134,10 +134,11 @@ def arm_budget(study: Study) -> dict[str, int]:
 
 
 def settings_of(study: Study) -> dict[str, Any]:
-    """The study's plain settings (every field but the arms), to send to the trials."""
+    """The study's plain settings (every field but the arms and the driver's Tune callbacks),
+    to send to the trials."""
     return {f.name: (dataclasses.asdict(getattr(study, f.name))
                      if f.name in _SPECS else getattr(study, f.name))
-            for f in dataclasses.fields(study) if f.name != "arms"}
+            for f in dataclasses.fields(study) if f.name not in ("arms", "callbacks")}
 
 
 def apply_settings(study: Study, settings: Mapping[str, Any]) -> Study:

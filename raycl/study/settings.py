@@ -107,6 +107,8 @@ def resolved_settings(study: Study, filename: str, text: str,
         if f.name == "arms":
             continue
         value = getattr(study, f.name)
+        if f.name == "callbacks":  # objects: their class names
+            value = [f"{type(c).__module__}.{type(c).__qualname__}" for c in value]
         plain[f.name] = dataclasses.asdict(value) if f.name in _SPECS else value
     plain["confirm_seeds"] = list(confirm_seeds)  # resolved (None means "3 fresh seeds")
     plain["arms"] = [{"name": arm.name, "baseline": arm.baseline,
@@ -131,6 +133,7 @@ WIDENING = ("num_samples", "seeds", "confirm_seeds", "arms")
 #: (description, resources, concurrency, retries, checkpoints kept, versions, the file's name
 #: and hash) and the statistics computed from the finished rows (interval, paired_test).
 _NOT_TRAINING = frozenset({"description", "resources", "max_concurrent", "max_failures",
+                           "callbacks",
                            "keep_checkpoints", "keep_final_checkpoint", "versions",
                            "study_file", "study_file_sha256", "interval", "paired_test"})
 

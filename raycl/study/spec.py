@@ -290,6 +290,12 @@ class Study:
     """Restarts of a failed trial (from its last checkpoint) before it counts as errored."""
     max_concurrent: int | None = None
     """Most trials running at once; None: as many as the resources allow."""
+    callbacks: list[Any] = field(default_factory=list)
+    """Ray Tune callbacks added to every Tune run of the study, e.g. experiment trackers:
+    ``ray.tune.logger.TBXLoggerCallback()``,
+    ``ray.air.integrations.mlflow.MLflowLoggerCallback(...)``,
+    ``ray.air.integrations.wandb.WandbLoggerCallback(...)`` (each trial logs one step per
+    experience, its config as parameters). The driver uses them; trials never see them."""
     keep_checkpoints: int | None = 2
     """Checkpoints kept per running trial, at least 2 (a corrupt last checkpoint falls back to
     the one before it); None keeps all."""

@@ -67,6 +67,7 @@ from raycl.tune.compat import (
     tune_config,
 )
 from raycl.tune.progress import ProgressCallback
+from raycl.tune.trackers import tracker_callbacks
 from raycl.tune.trainable import trainable
 
 __all__ = ["StudyOutcome", "default_trials_per_batch", "local_ray", "ray_init_kwargs",
@@ -264,7 +265,8 @@ def run_study(prepared: PreparedRun, *, address: str | None = None,
               dashboard_host: str | None = None, trials_per_batch: int | None = None,
               out: TextIO | None = None,
               pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S,
-              shared_storage: bool = False) -> StudyOutcome:
+              shared_storage: bool = False, trackers: list[str] | None = None
+              ) -> StudyOutcome:
     """Run a prepared study (:func:`raycl.study.plan.prepare_run`) on Ray Tune and write its
     Parquet results; see the module docstring. Releases the prepared run's lock when it ends,
     whatever the outcome (an error or Ctrl-C included).
@@ -277,20 +279,22 @@ def run_study(prepared: PreparedRun, *, address: str | None = None,
     trial (an autoscaler may add one), the study stops with one line when no trial has
     started after ``pending_timeout_s``. On a cluster of more than one node, a local storage
     path is refused unless ``shared_storage`` declares it a file system every node mounts.
-    Raises :class:`~raycl.study.plan.RunError` when Ray
-    cannot be started or joined, or when no node of raycl's own local Ray can run a trial.
+    ``trackers`` adds experiment trackers (:mod:`raycl.tune.trackers`). Raises
+    :class:`~raycl.study.plan.RunError` when Ray cannot be started or joined, or when no node
+    of raycl's own local Ray can run a trial.
     """
     try:
         with quiet_ray_console():
             return _run_study(prepared, address, dashboard_host, trials_per_batch, out,
-                              pending_timeout_s, shared_storage)
+                              pending_timeout_s, shared_storage, list(trackers or []))
     finally:
         prepared.release()
 
 
 def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str | None,
                trials_per_batch: int | None, out: TextIO | None,
-               pending_timeout_s: float, shared_storage: bool) -> StudyOutcome:
+               pending_timeout_s: float, shared_storage: bool,
+               trackers: list[str]) -> StudyOutcome:
     start = time.monotonic()
     out = out or sys.stdout
     if prepared.next_batch(set()) is None:
@@ -318,7 +322,7 @@ def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str |
             connected = True
         run, parquet, write_error, stopper = _fit_batches(prepared, trials_per_batch, out,
                                                           which, pending_timeout_s,
-                                                          shared_storage)
+                                                          shared_storage, trackers)
     finally:
         if connected:  # stops the local Ray we started; only disconnects from a cluster
             ray.shutdown()
@@ -399,7 +403,7 @@ class _Run:
 
 
 def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextIO, which: str,
-                 pending_timeout_s: float, shared_storage: bool
+                 pending_timeout_s: float, shared_storage: bool, trackers: list[str]
                  ) -> tuple[_Run, ParquetCallback, str | None, StudyStopper]:
     """Every phase of the study's protocol, each as Tune runs of at most ``trials_per_batch``
     trials, under one signal handler. Returns what ran, the Parquet callback (what it
@@ -423,7 +427,8 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
             if missing and which.startswith("local Ray started"):  # a fixed size: never
                 raise RunError(f"no node of this machine's Ray can run a trial: it asks for "
                                f"{missing}; lower --cpus-per-trial / --gpus-per-trial")
-            callbacks: list[tune.Callback] = [parquet]
+            callbacks: list[tune.Callback] = [
+                parquet, *study.callbacks, *tracker_callbacks(trackers, study.name, store)]
             if missing:  # a cluster may grow (autoscaler): say so and wait, for so long
                 print(f"raycl: warning: no node of the Ray cluster can run a trial now: it "
                       f"asks for {missing}; trials wait up to {pending_timeout_s:g} s for the "
