@@ -4,7 +4,8 @@
 * ``*_metrics`` factories: plugin metrics named exactly as Avalanche names them
   (``Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp001`` ...).
 * :class:`EvaluationPlugin` and :func:`default_evaluator`: what a strategy reports.
-* Loggers: :class:`InteractiveLogger`, :class:`TextLogger`, :class:`CSVLogger`.
+* Loggers: :class:`InteractiveLogger`, :class:`TextLogger`, :class:`CSVLogger`,
+  :class:`TensorboardLogger` (needs the ``tensorboard`` extra).
 
 Importing this package imports torch and numpy only (no pandas, no matplotlib).
 """
@@ -18,7 +19,13 @@ from raycl.evaluation.functional import (
     forgetting,
     forward_transfer,
 )
-from raycl.evaluation.loggers import BaseLogger, CSVLogger, InteractiveLogger, TextLogger
+from raycl.evaluation.loggers import (
+    BaseLogger,
+    CSVLogger,
+    InteractiveLogger,
+    TensorboardLogger,
+    TextLogger,
+)
 from raycl.evaluation.metric_base import (
     ExperienceResult,
     MetricResult,
@@ -67,6 +74,7 @@ __all__ = [
     "MetricResult",
     "PluginMetric",
     "RAMUsageMetric",
+    "TensorboardLogger",
     "TextLogger",
     "TimingMetric",
     "TrainingProgress",

@@ -22,7 +22,7 @@ from raycl.plugins.base import StrategyPlugin
 if TYPE_CHECKING:  # pragma: no cover
     from raycl.plugins.base import Strategy
 
-__all__ = ["BaseLogger", "CSVLogger", "InteractiveLogger", "TextLogger"]
+__all__ = ["BaseLogger", "CSVLogger", "InteractiveLogger", "TensorboardLogger", "TextLogger"]
 
 
 def _short_name(name: str) -> str:
@@ -276,3 +276,61 @@ class CSVLogger(BaseLogger):
         state["_resume_at"] = state.pop("sizes")
         state["_handles"], state["_writers"] = {}, {}
         return state
+
+
+class TensorboardLogger(BaseLogger):
+    """Every scalar metric value as a TensorBoard scalar in event files under ``tb_log_dir``.
+
+    What it logs: each value the :class:`EvaluationPlugin` emits that is a number (``int``,
+    ``float``, ``bool``) or a one-element tensor, under its full metric name as the tag
+    (``Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp001``), with the evaluator's step ``x``
+    (the strategy's ``clock.train_iterations``) as the global step. Values of other kinds
+    (a confusion matrix, a list) are skipped. Files are flushed after every batch of values
+    and closed by :meth:`close`. Open with ``tensorboard --logdir <tb_log_dir>``.
+
+    Needs ``tensorboardX`` (the ``tensorboard`` extra: ``pip install raycl[tensorboard]``).
+
+    Args:
+        tb_log_dir: the folder of the event files (created if missing).
+        filename_suffix: appended to the event file's name.
+    """
+
+    def __init__(self, tb_log_dir: str | os.PathLike[str] = "tb_data",
+                 filename_suffix: str = "") -> None:
+        if not isinstance(tb_log_dir, (str, os.PathLike)):
+            raise TypeError(f"tb_log_dir must be a path, got {type(tb_log_dir).__name__}")
+        self.tb_log_dir = os.fspath(tb_log_dir)
+        if not self.tb_log_dir:
+            raise ValueError("tb_log_dir must be a non-empty path")
+        if not isinstance(filename_suffix, str):
+            raise TypeError(f"filename_suffix must be a str, got "
+                            f"{type(filename_suffix).__name__}")
+        self.filename_suffix = filename_suffix
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise ImportError("TensorboardLogger needs tensorboardX: "
+                              "pip install 'raycl[tensorboard]'") from None
+        self.writer: Any = SummaryWriter(self.tb_log_dir, filename_suffix=self.filename_suffix)
+
+    @staticmethod
+    def _scalar(value: Any) -> float | None:
+        if isinstance(value, torch.Tensor):
+            return float(value.item()) if value.numel() == 1 else None
+        if isinstance(value, (bool, int, float)):
+            return float(value)
+        return None
+
+    def log_metrics(self, values: dict[str, Any], x: int) -> None:
+        if self.writer is None:
+            raise RuntimeError("TensorboardLogger is closed")
+        for name, value in values.items():
+            scalar = self._scalar(value)
+            if scalar is not None:
+                self.writer.add_scalar(name, scalar, global_step=int(x))
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -5,8 +5,8 @@ experience) with every metric the trial reports, and its config as parameters
 (``trial/arm``, ``trial/seed``, ``trial/params/<name>``, ...). A study file can also list any
 Tune callback in ``Study(callbacks=[...])``.
 
-* ``tensorboard``: ``ray.tune.logger.TBXLoggerCallback`` (tensorboardX, which ``ray[tune]``
-  installs). Event files go to each trial's folder under ``<storage>/<study>/_ray/``:
+* ``tensorboard``: ``ray.tune.logger.TBXLoggerCallback`` (needs tensorboardX: the
+  ``tensorboard`` extra). Event files go to each trial's folder under ``<storage>/<study>/_ray/``:
   ``tensorboard --logdir <storage>/<study>/_ray``.
 * ``mlflow``: ``ray.air.integrations.mlflow.MLflowLoggerCallback``, one MLflow run per trial in
   the experiment named after the study, tracked at ``MLFLOW_TRACKING_URI`` if set, else in a
@@ -28,6 +28,8 @@ __all__ = ["TRACKERS", "tracker_callbacks"]
 
 #: ``--tracker`` choices and the package each needs.
 TRACKERS = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
+#: What to install for each.
+_INSTALL = {"tensorboard": "'raycl[tensorboard]'", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 def tracker_callbacks(names: list[str], study_name: str, store: ResultStore) -> list[Any]:
@@ -40,7 +42,7 @@ def tracker_callbacks(names: list[str], study_name: str, store: ResultStore) -> 
         package = TRACKERS[name]
         if importlib.util.find_spec(package) is None:
             raise RunError(f"--tracker {name}: needs the {package} package "
-                           f"(pip install {package})")
+                           f"(pip install {_INSTALL[name]})")
         if name == "tensorboard":
             from ray.tune.logger import TBXLoggerCallback
 
