@@ -12,7 +12,7 @@ STUDY_DIR ?= results/ewc_vs_si
 # More options for `jupyter lab` (e.g. --no-browser --port 8890 on a remote machine).
 JUPYTER_ARGS ?=
 
-.PHONY: study test lint bench venv clean notebooks
+.PHONY: study test lint bench venv clean notebooks gpu-check
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh $(VENV)
@@ -35,11 +35,17 @@ notebooks: $(NOTEBOOKS_STAMP)
 	RAYCL_STUDY_DIR="$(STUDY_DIR)" $(VENV)/bin/jupyter lab analysis/ $(JUPYTER_ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check raycl tests studies bench
+	$(VENV)/bin/ruff check raycl tests studies bench scripts
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) bench/bench_engine.py
+
+# On a machine with CUDA: the CUDA tests, the benchmarks on cuda and a study at one and at four
+# trials per GPU, in under 8 minutes, one summary (scripts/gpu_check.py; exit 2: no CUDA).
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1105,7 +1105,8 @@ def test_progress_shows_each_running_trial_and_the_time_left(monkeypatch):
 
 
 def test_study_callbacks_must_be_tune_callbacks_and_trackers_need_their_package(tmp_path,
-                                                                                capsys):
+                                                                                capsys,
+                                                                                monkeypatch):
     import importlib.util
 
     from raycl.study.plan import RunError
@@ -1118,7 +1119,26 @@ def test_study_callbacks_must_be_tune_callbacks_and_trackers_need_their_package(
         f"raycl: error: {path}: callbacks[0]: must be a Ray Tune callback")
     store = ResultStore(tmp_path, "tiny")
     assert len(tracker_callbacks(["tensorboard", "tensorboard"], "tiny", store)) == 1
-    for name, package in (("mlflow", "mlflow"), ("wandb", "wandb")):
-        if importlib.util.find_spec(package) is None:
+    with pytest.raises(RunError, match="--tracker neptune: unknown; choose one of "):
+        tracker_callbacks(["neptune"], "tiny", store)
+    find_spec = importlib.util.find_spec
+    for name, package in (("tensorboard", "tensorboardX"), ("mlflow", "mlflow"),
+                          ("wandb", "wandb")):
+        with monkeypatch.context() as patch:  # as on a machine without the package
+            patch.setattr(importlib.util, "find_spec",
+                          lambda n, *a, _p=package: None if n == _p else find_spec(n, *a))
             with pytest.raises(RunError, match=f"--tracker {name}: needs the {package} "):
                 tracker_callbacks([name], "tiny", store)
+    if find_spec("mlflow") is not None:
+        # a store MLflow cannot open: one line before any trial, not Tune's traceback
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://x")
+        with pytest.raises(RunError) as error:
+            tracker_callbacks(["mlflow"], "tiny", store)
+        assert str(error.value).startswith("--tracker mlflow: nosuchscheme://x: ")
+        assert "\n" not in str(error.value)
+        # the default file store sits beside the results: not on remote storage
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        remote = ResultStore.__new__(ResultStore)
+        remote.uri = "s3://bucket/studies/tiny"
+        with pytest.raises(RunError, match="--tracker mlflow: set MLFLOW_TRACKING_URI"):
+            tracker_callbacks(["mlflow"], "tiny", remote)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -594,15 +595,75 @@ def _tensorboard_scalars(folder: Path) -> dict[str, list[int]]:
     return steps
 
 
-def test_a_tensorboard_tracker_logs_a_step_per_experience_with_the_config(ray_address,
-                                                                           tmp_path):
+def _wandb_records(path: Path) -> list[Any]:
+    """The records of an offline W&B run file (``run-*.wandb``): a 7-byte W&B header, then
+    LevelDB log framing (32 KiB blocks; chunks of CRC, length, type: 1 full, 2 first, 3 middle,
+    4 last) around ``wandb_internal_pb2.Record`` messages."""
+    import struct
+
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    block, at, pending, records = 32768, 7, b"", []
+    while at + 7 <= len(data):
+        room = block - at % block
+        _, length, kind = struct.unpack("<IHB", data[at:at + 7]) if room >= 7 else (0, 0, 0)
+        if room < 7 or (length, kind) == (0, 0):  # block trailer or zero padding
+            at += room
+            continue
+        pending += data[at + 7:at + 7 + length]
+        at += 7 + length
+        if kind in (1, 4):
+            records.append(Record.FromString(pending))
+            pending = b""
+    return records
+
+
+def test_trackers_log_a_step_per_experience_with_the_config(ray_address, tmp_path,
+                                                            monkeypatch):
+    """--tracker tensorboard, mlflow and wandb at once, each on its local back end: the event
+    files, MLflow's file store beside the results, W&B's offline run files (WANDB_MODE and
+    WANDB_DIR reach the logging actors although Ray started before they were set)."""
     pytest.importorskip("tensorboardX")
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "wandb").mkdir()
     path = write_study(tmp_path, ONE_TRIAL)
+    out = io.StringIO()
     outcome = run_study(prepare_run(path, storage=str(tmp_path / "results"), gpus_per_trial=0),
-                        out=io.StringIO(), trackers=["tensorboard"])
-    assert (outcome.finished, outcome.errored) == (1, 0)
+                        out=out, trackers=["tensorboard", "mlflow", "wandb"])
+    assert (outcome.finished, outcome.errored) == (1, 0), out.getvalue()
+    trial = pd.read_parquet(tmp_path / "results" / "one" / "trials.parquet").iloc[0]
+
     scalars = _tensorboard_scalars(tmp_path / "results" / "one" / "_ray")
     assert scalars["ray/tune/valid_avg_accuracy"] == [1, 2]  # one step per experience
     assert scalars["ray/tune/test_acc_exp_000"] == [1, 2]
     hparams = list((tmp_path / "results" / "one" / "_ray").rglob("events.out.tfevents.*"))
     assert any(b"trial/seed" in p.read_bytes() for p in hparams)  # the config as parameters
+
+    client = mlflow.tracking.MlflowClient(f"file://{tmp_path / 'results' / 'one' / 'mlruns'}")
+    experiment = client.get_experiment_by_name("one")  # named after the study
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.params["trial/seed"] == "0"
+    assert run.data.params["trial/trial_key"] == trial["trial_key"]
+    history = client.get_metric_history(run.info.run_id, "valid_avg_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    assert history[-1].value == pytest.approx(trial["valid_final_avg_accuracy"])
+
+    (run_file,) = (tmp_path / "wandb").rglob("offline-run-*/run-*.wandb")
+    records = _wandb_records(run_file)
+    (started,) = [r.run for r in records if r.HasField("run")]
+    assert started.project == "one"
+    steps = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+             for r in records if r.HasField("history")]
+    assert [s["training_iteration"] for s in steps] == [1, 2]
+    assert steps[-1]["valid_avg_accuracy"] == pytest.approx(trial["valid_final_avg_accuracy"])
+    configs = [json.loads(i.value_json) for r in records if r.HasField("config")
+               for i in r.config.update if i.key == "trial"]
+    assert configs and configs[-1]["trial_key"] == trial["trial_key"]
+    assert "wandb:" not in out.getvalue()  # silent: no banner through Ray's log forwarding
+    assert "--tracker" not in out.getvalue()

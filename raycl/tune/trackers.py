@@ -10,9 +10,13 @@ Tune callback in ``Study(callbacks=[...])``.
   ``tensorboard --logdir <storage>/<study>/_ray``.
 * ``mlflow``: ``ray.air.integrations.mlflow.MLflowLoggerCallback``, one MLflow run per trial in
   the experiment named after the study, tracked at ``MLFLOW_TRACKING_URI`` if set, else in a
-  local file store ``<storage>/<study>/mlruns`` (local storage only). Needs ``mlflow``.
+  local file store ``<storage>/<study>/mlruns`` (local storage only; MLflow >= 3.7 keeps that
+  store in maintenance mode, raycl opts in with ``MLFLOW_ALLOW_FILE_STORE=true``; a database
+  such as ``MLFLOW_TRACKING_URI=sqlite:///mlflow.db`` needs the full ``mlflow`` package).
+  The store is opened before any trial runs. Needs ``mlflow`` (or ``mlflow-skinny``).
 * ``wandb``: ``ray.air.integrations.wandb.WandbLoggerCallback``, project named after the study;
-  ``WANDB_MODE=offline`` keeps it on this machine. Needs ``wandb``.
+  ``WANDB_MODE=offline`` keeps it on this machine (runs under ``WANDB_DIR``, else each trial's
+  folder); the driver's ``WANDB_MODE`` and ``WANDB_DIR`` apply to the loggers. Needs ``wandb``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ __all__ = ["TRACKERS", "tracker_callbacks"]
 #: ``--tracker`` choices and the package each needs.
 TRACKERS = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
 #: What to install for each.
-_INSTALL = {"tensorboard": "'raycl[tensorboard]'", "mlflow": "mlflow", "wandb": "wandb"}
+_INSTALL = {name: f"'raycl[{name}]'" for name in TRACKERS}
 
 
 def tracker_callbacks(names: list[str], study_name: str, store: ResultStore) -> list[Any]:
@@ -56,10 +60,35 @@ def tracker_callbacks(names: list[str], study_name: str, store: ResultStore) -> 
                     raise RunError("--tracker mlflow: set MLFLOW_TRACKING_URI (the default, "
                                    "a file store beside the results, needs a local --storage)")
                 uri = f"file://{store.uri}/mlruns"
+                # MLflow >= 3.7 refuses its file store unless asked (it is in maintenance
+                # mode): the local default is ours to choose, a database URI is the user's.
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            _check_mlflow(uri, study_name)
             callbacks.append(MLflowLoggerCallback(tracking_uri=uri,
                                                   experiment_name=study_name))
         else:
             from ray.air.integrations.wandb import WandbLoggerCallback
 
-            callbacks.append(WandbLoggerCallback(project=study_name))
+            # The loggers run in Ray actors, which do not see the driver's environment:
+            # WANDB_MODE (offline keeps runs on the machine) and WANDB_DIR go as init args.
+            init = {key: os.environ[var] for key, var in (("mode", "WANDB_MODE"),
+                                                          ("dir", "WANDB_DIR"))
+                    if os.environ.get(var)}
+            # silent: W&B's banner and run summary would come through Ray's log forwarding
+            # into the study's console, once per trial.
+            # reinit: what Ray's boolean True meant, without W&B's deprecation warning.
+            callbacks.append(WandbLoggerCallback(project=study_name, reinit="finish_previous",
+                                                 settings={"silent": True}, **init))
     return callbacks
+
+
+def _check_mlflow(uri: str, experiment: str) -> None:
+    """Open the MLflow store before any trial runs: a store MLflow cannot open or reach would
+    otherwise fail inside Tune's setup with a long traceback."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except Exception as error:  # MlflowException, connection errors: all one line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise RunError(f"--tracker mlflow: {uri}: {type(error).__name__}: {first}") from None
