@@ -1,8 +1,10 @@
 """The prepared GPU check: everything raycl does on CUDA, in one run, with one summary.
 
 Run it whenever a machine with CUDA is at hand (``make gpu-check``, or
-``.venv/bin/python scripts/gpu_check.py --out DIR``). In order, each step a subprocess with its
-own time limit, all within ``--budget`` seconds (default 480, the 8 minutes the check must fit):
+``.venv/bin/python scripts/gpu_check.py --out DIR``; on an image whose python already has torch
+with CUDA, ray[tune] and the test tools, ``python scripts/gpu_check.py`` needs no install).
+In order, each step a subprocess with its own time limit, all within ``--budget`` seconds
+(default 480, the 8 minutes the check must fit):
 
 1. the CUDA tests (``pytest -m cuda``);
 2. the speed benchmarks on ``cuda``: the engine against a plain loop, the regularisers and the
@@ -22,6 +24,7 @@ was checked: the line says why, so a CPU machine shows the check starts).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -123,13 +126,16 @@ def run_step(step: Step, out: Path, deadline: float) -> None:
         step.status = "skipped (out of time)"
         return
     log = out / f"{step.name}.log"
+    # raycl importable by every step without an install (a GPU image's own python may run this)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     start = time.monotonic()
     print(f"gpu-check: {step.name} (at most {limit:.0f} s): {' '.join(step.command)}",
           flush=True)
     with log.open("w") as f:
         try:
             done = subprocess.run(step.command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                                  timeout=limit)
+                                  timeout=limit, env=env)
             step.status = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
         except subprocess.TimeoutExpired:
             step.status = f"FAILED (over {limit:.0f} s)"
