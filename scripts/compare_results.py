@@ -21,6 +21,8 @@ from raycl.study.schema import (
     EVAL_EXP,
     EXPERIENCE,
     FINISHED_AT,
+    NODE_ID,
+    NODE_IP,
     PEAK_MEMORY_MB,
     SPLIT,
     STARTED_AT,
@@ -32,7 +34,7 @@ from raycl.study.schema import (
 
 #: Columns that differ between any two runs of the same study.
 VOLATILE = {TRIAL_ID, STARTED_AT, FINISHED_AT, TRAIN_TIME_S, "eval_time_s", PEAK_MEMORY_MB,
-            "node_ip", "resumed_from", "checkpoint_note", "device_note"}
+            NODE_IP, NODE_ID, "resumed_from", "checkpoint_note", "device_note"}
 _KEYS = {"trials": [TRIAL_KEY], "matrix": [TRIAL_KEY, SPLIT, TRAINED_EXP, EVAL_EXP],
          "curves": [TRIAL_KEY, EXPERIENCE]}
 

@@ -1068,3 +1068,18 @@ def test_docs_analysis_code_runs_on_a_study(tmp_path: Path,
     assert (tmp_path / "importance.png").stat().st_size > 5_000
     assert namespace["metric"] == VALID_ACC
     assert (namespace["importance"]["status"] == "computed").any()
+
+
+def test_load_study_gives_trials_written_before_node_id_a_null_node_id(tmp_path: Path) -> None:
+    """node_id joined the trials table within schema version 2: an older table loads with it,
+    null, right after node_ip; the analysis reads the same columns either way."""
+    folder = tmp_path / "before"
+    folder.mkdir()
+    pd.DataFrame([{"study": "before", "trial_id": "t0", "trial_key": "k0", "phase": "search",
+                   "arm": "naive", "seed": 0, "status": "TERMINATED", "device": "cpu",
+                   "gpu_ids": None, "node_ip": "10.0.0.1", "started_at": None,
+                   "schema_version": 2}]).to_parquet(folder / "trials.parquet", index=False)
+    trials = rca.load_study(folder).trials
+    columns = list(trials.columns)
+    assert columns[columns.index("node_ip") + 1] == "node_id"
+    assert trials["node_id"].isna().all() and trials["node_ip"].tolist() == ["10.0.0.1"]

@@ -38,7 +38,9 @@ Schema version 2 (what :func:`load_study` returns), for readers of the files wit
   read when ``study.json`` is absent.
 
 Version 1 tables (no phase, no split, unprefixed metrics measured on the test stream) are upgraded
-on load: see :func:`upgrade_v1`. A newer version than this raycl knows is refused.
+on load: see :func:`upgrade_v1`. A newer version than this raycl knows is refused. A trials
+table written before the ``node_id`` column existed (it has ``node_ip``) gets it, null, after
+``node_ip``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ from raycl.study.schema import (
     EVAL_EXP,
     EXPERIENCE,
     LOSS,
+    NODE_ID,
+    NODE_IP,
     PHASE,
     SCHEMA_VERSION,
     SCHEMA_VERSION_COLUMN,
@@ -341,6 +345,9 @@ def _load_one(path: str | os.PathLike[str]) -> StudyResults:
     trials = arrow.to_pandas()
     _check_columns(trials, _TRIALS, directory)
     tables = {_TRIALS: _to_current(trials, _TRIALS, directory)}
+    if NODE_IP in tables[_TRIALS].columns and NODE_ID not in tables[_TRIALS].columns:
+        # written before node_id was added (version 2 still): null, where it now goes
+        _insert_head_column(tables[_TRIALS], NODE_ID, None, [NODE_IP])
     for name in (_MATRIX, _CURVES, _SELECTION, _COMPARISONS):
         frame = _read_table(directory, name)
         if frame is None:
@@ -357,7 +364,8 @@ def _load_one(path: str | os.PathLike[str]) -> StudyResults:
             if column not in frame.columns:
                 frame[column] = pd.Series(dtype="object", index=frame.index)
     # Older or hand-made files may lack the study or seed column; the analysis groups on both.
-    study_name = os.path.basename(directory.rstrip("/")) or directory
+    # (a URI's query, e.g. ?endpoint_override=..., configures its file system: not a name)
+    study_name = os.path.basename(directory.split("?")[0].rstrip("/")) or directory
     for name, frame in tables.items():
         if STUDY not in frame.columns:
             frame.insert(0, STUDY, study_name)

@@ -706,8 +706,9 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
     if metric not in data.trials.columns:
         raise ValueError(_unknown_metric(metric, data.trials))
     if out is None:
-        out = (Path("reports") / source.rstrip("/").rsplit("/", 1)[-1] if "://" in source
-               else Path(source) / "report")
+        # a URI's query (?endpoint_override=...) configures its file system: not a name
+        out = (Path("reports") / source.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+               if "://" in source else Path(source) / "report")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = summary(search_trials(data.trials), metric, mode)

@@ -51,6 +51,8 @@ from raycl.study.results import (
     StorageError,
     StudyLock,
     StudyLocked,
+    storage_error_text,
+    storage_label,
 )
 from raycl.study.schema import (
     ARM,
@@ -333,8 +335,8 @@ def _take_lock(store: ResultStore, storage: str) -> StudyLock:
     except StudyLocked as err:
         raise RunError(str(err)) from None
     except OSError as err:
-        raise RunError(f"--storage {storage}: cannot write there: "
-                       f"{' '.join(str(err).split())}") from None
+        raise RunError(f"--storage {storage_label(storage)}: cannot write there: "
+                       f"{storage_error_text(err)}") from None
 
 
 def _check_same_study(store: ResultStore, name: str, settings: Mapping[str, Any],
@@ -394,8 +396,8 @@ def _check_storage(store: ResultStore, name: str, storage: str, *, resume: bool,
     try:
         store.check_writable()
     except OSError as err:
-        raise RunError(f"--storage {storage}: cannot write there: "
-                       f"{' '.join(str(err).split())}") from None
+        raise RunError(f"--storage {storage_label(storage)}: cannot write there: "
+                       f"{storage_error_text(err)}") from None
 
 
 def _is_number(value: Any) -> bool:

@@ -83,8 +83,9 @@ from raycl.study.settings import METADATA_KEY, SETTINGS_FILE
 from raycl.study.spec import TrialSpec
 
 __all__ = ["ERRORS_FOLDER", "LOCK_FILE", "LOCK_REFRESH_S", "LOCK_SETTLE_S", "LOCK_STALE_AFTER_S",
-           "SMOKE_FOLDER", "ResultStore", "StorageError", "StudyLock", "StudyLocked",
-           "process_alive", "resolve_storage"]
+           "SMOKE_FOLDER", "STORAGE_RETRY_S", "ResultStore", "StorageError", "StudyLock",
+           "StudyLocked", "process_alive", "resolve_storage", "retry_storage", "scrub",
+           "storage_error_text", "storage_label", "storage_retry_s", "transient_storage_error"]
 
 #: The folder under the storage root that holds ``--smoke`` checks (``<storage>/smoke/<name>/``);
 #: no study may be named so (the loader refuses it), so a check never replaces a study's files.
@@ -114,37 +115,161 @@ class StorageError(ValueError):
     """A storage location that cannot be used, in one line that names it."""
 
 
+def storage_label(storage: str | os.PathLike[str]) -> str:
+    """``storage`` as raycl prints and stores it: a URI without its query
+    (``?endpoint_override=...&scheme=http``) or user info (``key:secret@``); a path as it
+    is. The query configures the file system (endpoint, scheme); it may name a private
+    endpoint, so no line raycl prints and no file it writes holds it."""
+    text = os.fspath(storage)
+    if "://" not in text:
+        return text
+    scheme, _, rest = text.partition("://")
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    head, sep, tail = rest.partition("/")
+    return f"{scheme}://{head.rpartition('@')[2] if scheme.lower() == 's3' else head}{sep}{tail}"
+
+
+#: Endpoints named in the queries of the storage URIs this process opened (``scrub`` hides them).
+_ENDPOINTS: set[str] = set()
+#: Environment variables whose values never appear in what raycl prints or stores.
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+                     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+_URI_QUERY = re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s'\"?]*)\?[^\s'\"]*", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """``text`` without the storage's endpoint and credentials: URI queries go, and the values
+    of the AWS credential and endpoint variables and of the endpoints named in storage URIs
+    become ``***`` (for the lines raycl prints from storage errors, and the error texts it
+    stores)."""
+    text = _URI_QUERY.sub(r"\1", text)
+    secrets = set(_ENDPOINTS)
+    for name in _SECRET_VARIABLES:
+        value = os.environ.get(name, "")
+        secrets.add(value)
+        if "://" in value:  # an endpoint URL: its host:port alone too
+            secrets.add(value.partition("://")[2].rstrip("/"))
+    for endpoint in [s for s in secrets if ":" in s and "://" not in s]:
+        host, _, port = endpoint.rpartition(":")
+        secrets.add(f"{host} port {port}")  # as curl says it
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+#: Words of S3 errors that mean refused credentials (pyarrow's and the service's).
+_DENIED = ("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId",
+           "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch", "EXPIRED_TOKEN", "ExpiredToken")
+
+
+def storage_error_text(err: BaseException) -> str:
+    """One line for a storage error: scrubbed (:func:`scrub`), with what to do for the usual
+    causes (a missing bucket, refused credentials)."""
+    text = scrub(" ".join(str(err).split()))
+    missing = re.search(r"Bucket '([^']+)' not found", text)
+    if missing:
+        return (f"bucket '{missing[1]}' does not exist (raycl never creates buckets: create it, "
+                f"or check the bucket name and the endpoint)")
+    if any(word in text for word in _DENIED):
+        return (f"{text.rstrip('. ')}: the storage refused the credentials (they come from "
+                f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance "
+                f"profile)")
+    return text
+
+
 def resolve_storage(storage: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, str]:
     """(filesystem, path inside it, URI for Ray) of a storage location.
 
     A plain path is made absolute on the local filesystem; ``s3://``, ``gs://``, ``file://`` ...
-    go through ``pyarrow.fs.FileSystem.from_uri``. Raises :class:`StorageError` (one line,
-    starting with the location) for an unknown scheme, a URI without a bucket, HDFS without a
-    Java runtime, or a file system that does not open (an S3 bucket whose region cannot be
-    resolved, say).
+    go through ``pyarrow.fs.FileSystem.from_uri``, query included (for S3:
+    ``?endpoint_override=host:port&scheme=http``; pyarrow also reads ``AWS_ENDPOINT_URL``).
+    The URI returned has no query (:func:`storage_label`). Raises :class:`StorageError` (one
+    line, starting with the location without its query) for an unknown scheme, a URI without
+    a bucket, credentials in an S3 URI (they come from the environment: ``AWS_ACCESS_KEY_ID``
+    ... or ``AWS_PROFILE``), HDFS without a Java runtime, or a file system that does not open
+    (an S3 bucket whose region cannot be resolved, say).
     """
     text = os.fspath(storage)
     if "://" not in text:
         path = os.path.abspath(os.path.expanduser(text))
         return pafs.LocalFileSystem(), path, path
+    label = storage_label(text)
     scheme, _, rest = text.partition("://")
     scheme = scheme.lower()
     if scheme not in STORAGE_SCHEMES:
-        raise StorageError(f"{text}: unknown scheme {scheme + '://'!r} (use a local path or "
+        raise StorageError(f"{label}: unknown scheme {scheme + '://'!r} (use a local path or "
                            f"one of {', '.join(s + '://' for s in STORAGE_SCHEMES)})")
     if scheme in _BUCKET_SCHEMES and not rest.split("?")[0].split("/")[0]:
-        raise StorageError(f"{text}: names no bucket (e.g. {scheme}://my-bucket/studies)")
+        raise StorageError(f"{label}: names no bucket (e.g. {scheme}://my-bucket/studies)")
+    if scheme == "s3" and "@" in rest.split("?")[0].split("/")[0]:
+        raise StorageError(f"{label}: credentials in the URI are refused (they would show in "
+                           f"commands and logs): set AWS_ACCESS_KEY_ID and "
+                           f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
     if scheme in ("hdfs", "viewfs") and not os.environ.get("JAVA_HOME"):
         # pyarrow would print dlopen failures for libjvm before raising
-        raise StorageError(f"{text}: HDFS needs a Java runtime and Hadoop's libhdfs "
+        raise StorageError(f"{label}: HDFS needs a Java runtime and Hadoop's libhdfs "
                            f"(JAVA_HOME, HADOOP_HOME and CLASSPATH are not set here)")
+    query = rest.partition("?")[2]
+    for pair in query.split("&") if query else ():
+        key, _, value = pair.partition("=")
+        if key == "endpoint_override" and value:
+            _ENDPOINTS.add(value)
     try:
         fs, path = pafs.FileSystem.from_uri(f"{scheme}://{rest}")  # (from_uri: lower case)
     except (OSError, ValueError, pa.ArrowException) as err:
-        raise StorageError(f"{text}: {' '.join(str(err).split())}") from None
+        raise StorageError(f"{label}: {scrub(' '.join(str(err).split()))}") from None
     if isinstance(fs, pafs.LocalFileSystem):
         return fs, path, path
-    return fs, path.rstrip("/"), f"{scheme}://{rest}".split("?")[0].rstrip("/")
+    return fs, path.rstrip("/"), label.rstrip("/")
+
+
+#: How long raycl retries a storage operation that fails as an unreachable storage does
+#: (``RAYCL_STORAGE_RETRY_S`` in the environment overrides it).
+STORAGE_RETRY_S = 300.0
+#: pyarrow's words for S3 errors that pass: no connection, a timeout, the service busy.
+_TRANSIENT = ("NETWORK_CONNECTION", "curlCode", "REQUEST_TIMEOUT", "SERVICE_UNAVAILABLE",
+              "SLOW_DOWN", "THROTTLING", "INTERNAL_FAILURE", "Connection refused",
+              "Couldn't connect", "timed out", "Timeout was reached")
+
+
+def storage_retry_s() -> float:
+    """:data:`STORAGE_RETRY_S`, or ``RAYCL_STORAGE_RETRY_S`` when set."""
+    try:
+        return float(os.environ.get("RAYCL_STORAGE_RETRY_S", STORAGE_RETRY_S))
+    except ValueError:
+        return STORAGE_RETRY_S
+
+
+def transient_storage_error(err: BaseException, fs: pafs.FileSystem) -> bool:
+    """Whether ``err`` (raised by ``fs``) may pass if tried again: a remote storage that did not
+    answer. A missing file or bucket, refused credentials, a full or read-only disk: no."""
+    if isinstance(fs, pafs.LocalFileSystem) or not isinstance(err, OSError) \
+            or isinstance(err, (FileNotFoundError, PermissionError)):
+        return False
+    text = str(err)
+    return any(word in text for word in _TRANSIENT)
+
+
+def retry_storage(action: Any, fs: pafs.FileSystem, *, timeout_s: float | None = None,
+                  on_retry: Any = None) -> Any:
+    """``action()``, tried again while it fails as an unreachable storage does
+    (:func:`transient_storage_error`), for up to ``timeout_s`` (default
+    :func:`storage_retry_s`), waiting 0.5 s, then twice as long each time up to 2 s.
+    ``on_retry(err)`` is called at the first failure only. Other errors, and the last one
+    when the time is up, are raised."""
+    deadline = time.monotonic() + (storage_retry_s() if timeout_s is None else timeout_s)
+    delay, failed = 0.5, False
+    while True:
+        try:
+            return action()
+        except OSError as err:
+            if not transient_storage_error(err, fs) or time.monotonic() + delay > deadline:
+                raise
+            if not failed and on_retry is not None:
+                on_retry(err)
+            failed = True
+        time.sleep(delay)
+        delay = min(2 * delay, 2.0)
 
 
 def _plain(value: Any) -> Any:
@@ -201,6 +326,18 @@ class ResultStore:
     def ray_storage(self) -> str:
         """Ray Tune's ``storage_path`` for this study: ``<storage>/<study>/_ray``."""
         return f"{self.uri}/_ray"
+
+    @property
+    def remote(self) -> bool:
+        """Whether the storage is not this machine's file system (``s3://`` ...)."""
+        return not isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def ray_fs_path(self) -> str:
+        """:attr:`ray_storage` as a path in :attr:`fs` (what Tune gets with ``fs`` as its
+        ``storage_filesystem``: so the URI's query, e.g. its endpoint, reaches Ray's trials
+        without being in any path Ray prints or stores)."""
+        return f"{self.dir}/_ray"
 
     def path(self, table: str) -> str:
         """Where ``<table>.parquet`` lives (path or URI)."""
@@ -330,7 +467,7 @@ class ResultStore:
         done = metrics.get(EXPERIENCE)
         row.update({
             STATUS: status,
-            ERROR: error,
+            ERROR: None if error is None else scrub(error),
             EXPERIENCES_DONE: 0 if done is None else int(done) + 1,
             **{k: _plain(metrics.get(k, math.nan)) for k in TRIAL_METRICS},
             **{k: metrics.get(k) for k in TRIAL_TAIL if k in INFO_FIELDS},
@@ -383,7 +520,11 @@ class ResultStore:
         """
         self.fs.create_dir(self.dir, recursive=True)
         frames = self.frames()
-        for table, frame in frames.items():
+        # The trials table last: it records which trials finished (a resumed run skips them),
+        # so a driver killed between two files never leaves a finished trial without its
+        # curves (a trial with curves but no trials row reruns, and its rows are replaced).
+        for table in sorted(frames, key=lambda t: t == "trials"):
+            frame = frames[table]
             data = pa.Table.from_pandas(frame, preserve_index=False)
             if self._settings is not None:
                 data = data.replace_schema_metadata(
@@ -428,7 +569,7 @@ class ResultStore:
 
         def write(where: str) -> None:
             with self.fs.open_output_stream(where) as f:
-                f.write(text.encode())
+                f.write(scrub(text).encode())
 
         self._atomic(f"{ERRORS_FOLDER}/{trial_key}.txt", write)
         return self.error_file(trial_key)
@@ -506,6 +647,11 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def _argument_label(arg: str) -> str:
+    """A command-line argument as the lock records it: a URI without its query."""
+    return storage_label(arg) if "://" in arg else arg
+
+
 def _when(info: Mapping[str, Any]) -> str:
     return str(info.get("started_at") or "an unknown time")
 
@@ -540,7 +686,7 @@ class StudyLock:
         self.local = isinstance(fs, pafs.LocalFileSystem)
         self.info = {"pid": os.getpid(), "host": socket.gethostname(),
                      "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                     "command": " ".join(sys.argv), "study": study,
+                     "command": " ".join(map(_argument_label, sys.argv)), "study": study,
                      "token": uuid.uuid4().hex}
         self.content = json.dumps(self.info, indent=1).encode()
         self.taken_over: str | None = None

@@ -38,6 +38,7 @@ __all__ = [
     "COST_METRICS",
     "CURVE_ID_COLUMNS",
     "CURVE_METRICS",
+    "DEVICE",
     "DIVERGED",
     "ERROR",
     "ERRORED",
@@ -50,12 +51,15 @@ __all__ = [
     "FINAL_METRICS",
     "FINISHED_AT",
     "FWT",
+    "GPU_IDS",
     "INFO_FIELDS",
     "INTERVAL",
     "INTRANSIGENCE",
     "INT_COLUMNS",
     "LOSS",
     "MATRIX_COLUMNS",
+    "NODE_ID",
+    "NODE_IP",
     "PARAM_PREFIX",
     "PEAK_MEMORY_MB",
     "PER_EXPERIENCE_METRICS",
@@ -126,7 +130,8 @@ __all__ = [
 
 #: Version of the tables' layout; bumped when a column changes meaning or type. Version 2: every
 #: accuracy metric exists once per split (``valid_*`` / ``test_*``), the matrix has a ``split``
-#: column, and every table a ``phase`` column (see :data:`PHASES`).
+#: column, and every table a ``phase`` column (see :data:`PHASES`). A nullable column added later
+#: (:data:`NODE_ID`) needs no bump: readers see it null in older files.
 SCHEMA_VERSION = 2
 #: The column that holds :data:`SCHEMA_VERSION` in every table.
 SCHEMA_VERSION_COLUMN = "schema_version"
@@ -200,8 +205,20 @@ PER_EXPERIENCE_METRICS: tuple[str, ...] = (AVG_ACCURACY, STREAM_ACCURACY, STREAM
 PLUGIN_SPEC = "plugin_spec"
 """The trial's plugins as built, every keyword with its value, defaults included
 (``raycl.plugins.plugin_spec``, joined by ``; ``)."""
-INFO_FIELDS: tuple[str, ...] = ("device", "gpu_ids", "node_ip", "device_note", "checkpoint_note",
-                                PLUGIN_SPEC)
+DEVICE = "device"
+"""What the trial trained on: ``cuda`` or ``cpu`` (``cpu`` also when Ray granted a GPU that torch
+cannot see, e.g. a fake GPU of a test cluster: then ``device_note`` says so)."""
+GPU_IDS = "gpu_ids"
+"""The GPU ids Ray granted the trial, comma-separated, as ``ray.get_gpu_ids()`` gives them (ids on
+the trial's node: ``(node_id, gpu_ids)`` names a GPU of the cluster); null for a CPU trial."""
+NODE_IP = "node_ip"
+"""The IP address of the node the trial ran on (nodes of one machine share it)."""
+NODE_ID = "node_id"
+"""Ray's id of the node the trial ran on (``ray.get_runtime_context().get_node_id()``); a trial
+restarted on another node after a failure records the new node from then on. Null in tables
+written before it existed."""
+INFO_FIELDS: tuple[str, ...] = (DEVICE, GPU_IDS, NODE_IP, NODE_ID, "device_note",
+                                "checkpoint_note", PLUGIN_SPEC)
 #: Key of the report a diverged trial ends with (its value says why); that report has no
 #: :data:`EXPERIENCE`, only NaN metrics, and no checkpoint.
 DIVERGED = "diverged"
@@ -307,7 +324,7 @@ TRIAL_METRICS: tuple[str, ...] = (*(split_column(s, m) for s in SPLITS for m in 
                                   TRAIN_TIME_S, PEAK_MEMORY_MB)
 #: trials.parquet columns after the ``param_<name>`` ones.
 TRIAL_TAIL: tuple[str, ...] = (CONFIG, STATUS, ERROR, EXPERIENCES_DONE, *TRIAL_METRICS,
-                               PLUGIN_SPEC, "device", "gpu_ids", "node_ip", STARTED_AT,
+                               PLUGIN_SPEC, DEVICE, GPU_IDS, NODE_IP, NODE_ID, STARTED_AT,
                                FINISHED_AT,
                                CHECKPOINT, SCHEMA_VERSION_COLUMN)
 #: trials.parquet columns, with the ``param_<name>`` columns between the head and the tail.

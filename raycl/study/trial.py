@@ -52,11 +52,15 @@ from raycl.study.schema import (
     AVG_FORGETTING,
     BWT,
     COST_METRICS,
+    DEVICE,
     DIVERGED,
     EVAL_TIME_S,
     EXPERIENCE,
     FINAL_AVG_ACCURACY,
     FWT,
+    GPU_IDS,
+    NODE_ID,
+    NODE_IP,
     PEAK_MEMORY_MB,
     PLUGIN_SPEC,
     STREAM_ACCURACY,
@@ -346,7 +350,7 @@ def run_trial(study: Study, trial: TrialSpec, report: ReportFn,
     ``state`` is everything needed to continue (model, optimizer, plugins, evaluator, every RNG,
     the untrained model's accuracies, the time spent): passing the last one back as
     ``checkpoint_state`` resumes at the next experience with results identical to an
-    uninterrupted run. ``info`` (device, gpu_ids, node_ip, ...) is added to every report.
+    uninterrupted run. ``info`` (device, gpu_ids, node_ip, node_id, ...) is added to every report.
 
     Metrics (names from :mod:`raycl.study.schema`), each accuracy metric once per split
     (``split_column(split, name)``): ``experience`` (index just trained), the accuracy and loss
@@ -371,7 +375,7 @@ def run_trial(study: Study, trial: TrialSpec, report: ReportFn,
     if trial.steps is not None:  # counted from where the trial began, resumed or not
         first = int(init_state["next_experience"]) if init_state is not None else 0
         stop = min(stop, first + trial.steps)
-    extra = {"device": run.device.type, "gpu_ids": None, "node_ip": None,
+    extra = {DEVICE: run.device.type, GPU_IDS: None, NODE_IP: None, NODE_ID: None,
              PLUGIN_SPEC: run.plugin_spec, **(info or {})}
     for i in range(start, stop):
         try:

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from ray import tune
 
-from raycl.study.results import ResultStore
+from raycl.study.results import ResultStore, scrub, storage_retry_s, transient_storage_error
 from raycl.study.schema import DIVERGED, ERRORED, EXPERIENCE, TERMINATED
 from raycl.tune.compat import (
     trial_checkpoint_path,
@@ -21,10 +21,13 @@ from raycl.tune.compat import (
     trial_spec,
     trim_finished_trial,
 )
-from raycl.tune.trainable import STORAGE_FULL_ERRNOS, setup_failure
+from raycl.tune.trainable import STORAGE_FULL_ERRNOS, STORAGE_RETRIED, setup_failure
 
 #: Terminal colour codes, which Ray puts in its error texts.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+#: Storage failures less than this many seconds apart are one outage, said once.
+OUTAGE_QUIET_S = 300.0
 
 __all__ = ["ParquetCallback", "PlacementWatch", "StudyStopper", "diverged", "error_line"]
 
@@ -128,6 +131,7 @@ class ParquetCallback(tune.Callback):
         self.write_error: str | None = None
         self.write_factor = write_factor
         self._dirty = False  # rows recorded since the last successful write
+        self._trouble_at: float | None = None  # when the storage last failed to answer
         self._next_write = 0.0  # time.monotonic() before which no rewrite starts
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -140,6 +144,8 @@ class ParquetCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
         """One experience done: its curves row and accuracy-matrix row."""
+        if result.get(STORAGE_RETRIED):  # the trial waited for the storage to answer
+            self.storage_trouble(str(result[STORAGE_RETRIED]))
         if EXPERIENCE in result:
             self.store.add_report(trial_spec(trial), trial.trial_id, result)
             self._last[trial.trial_id] = result
@@ -187,8 +193,10 @@ class ParquetCallback(tune.Callback):
         try:
             self.store.write()
         except OSError as err:
-            text = " ".join(str(err).split())
-            if self.write_error is None:
+            text = scrub(" ".join(str(err).split()))
+            if transient_storage_error(err, self.store.fs):
+                self.storage_trouble(text)  # the next write tries again
+            elif self.write_error is None:
                 print(f"raycl: warning: cannot write the results ({text}); the files keep "
                       f"their last complete version", file=sys.stderr)
             self.write_error = f"cannot write the results: {text}"
@@ -198,6 +206,20 @@ class ParquetCallback(tune.Callback):
         else:
             self.write_error = None
         self._dirty = self.write_error is not None  # a failed write is tried again
+
+    def storage_trouble(self, text: str) -> None:
+        """Say that the storage does not answer (``text``: why), once per outage: failures
+        less than :data:`OUTAGE_QUIET_S` apart are one. Every write is retried meanwhile: the
+        driver's tables at the next write (and for up to ``RAYCL_STORAGE_RETRY_S`` at the
+        end of the run), each trial's checkpoint upload in the trial."""
+        now = time.monotonic()
+        said, self._trouble_at = self._trouble_at, now
+        if said is not None and now - said < OUTAGE_QUIET_S:
+            return
+        print(f"raycl: warning: the storage {self.store.uri} does not answer "
+              f"({scrub(text)[:400]}); writes are retried for up to {storage_retry_s():g} s, "
+              f"the files keep their last complete version meanwhile",
+              file=sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:

@@ -40,6 +40,7 @@ from ray import tune
 
 from raycl.study.plan import PreparedRun, RunError, TrialSpec, arm_budget
 from raycl.study.protocol import keep_final_checkpoint, rank_column, search_phase, trial_where
+from raycl.study.results import retry_storage, scrub
 from raycl.study.schema import (
     AVG_ACCURACY,
     DIVERGED,
@@ -215,7 +216,8 @@ def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any], *, name: st
     cpus = float(study.resources.cpus_per_trial)
     fn = tune.with_resources(
         tune.with_parameters(trainable, source=prepared.source, use_gpu=gpus > 0,
-                             cpus_per_trial=cpus, storage=prepared.store.uri),
+                             cpus_per_trial=cpus, storage=prepared.store.uri,
+                             storage_fs=prepared.store.fs if prepared.store.remote else None),
         {"cpu": cpus, "gpu": gpus})
     if trials is not None:
         param_space: dict[str, Any] = {
@@ -227,8 +229,13 @@ def _tuner(prepared: PreparedRun, gpus: float, callbacks: list[Any], *, name: st
         num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
         max_concurrent_trials=study.max_concurrent, reuse_actors=True,
         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
+    store = prepared.store
+    # A remote storage's file system goes to Tune as it is: the endpoint in its URI's query
+    # (or in AWS_ENDPOINT_URL) reaches every trial, the paths Tune prints have no query.
+    where: dict[str, Any] = ({"storage_path": store.ray_fs_path, "storage_filesystem": store.fs}
+                             if store.remote else {"storage_path": store.ray_storage})
     run_config = tune.RunConfig(
-        name=name, storage_path=prepared.store.ray_storage, verbose=0, callbacks=callbacks,
+        name=name, **where, verbose=0, callbacks=callbacks,
         stop=stopper,
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None))  # pruned by raycl
@@ -284,11 +291,37 @@ def run_study(prepared: PreparedRun, *, address: str | None = None,
     of raycl's own local Ray can run a trial.
     """
     try:
-        with quiet_ray_console():
+        with quiet_ray_console(), _scrubbed_output():
             return _run_study(prepared, address, dashboard_host, trials_per_batch, out,
                               pending_timeout_s, shared_storage, list(trackers or []))
     finally:
         prepared.release()
+
+
+class _Scrubbed:
+    """A text stream that writes through :func:`~raycl.study.results.scrub`."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(scrub(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _scrubbed_output() -> Iterator[None]:
+    """While a study runs, ``sys.stdout`` and ``sys.stderr`` write through ``scrub``: Ray
+    prints the trial processes' output through them, and Arrow's C++ errors there (an S3
+    upload cut short by an outage) name the storage's endpoint."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Scrubbed(saved[0]), _Scrubbed(saved[1])  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def _run_study(prepared: PreparedRun, address: str | None, dashboard_host: str | None,
@@ -486,10 +519,11 @@ def _fit_batches(prepared: PreparedRun, trials_per_batch: int | None, out: TextI
         if fitting:  # whatever was recorded before an error or Ctrl-C
             try:
                 store.set_derived(prepared.derived())
-                store.write()
+                # a storage that does not answer now may in a moment: the rows are in memory
+                retry_storage(store.write, store.fs, on_retry=parquet.storage_trouble)
             except OSError as err:
                 write_error = f"cannot write the results to {store.uri}: " \
-                              f"{' '.join(str(err).split())}"
+                              f"{scrub(' '.join(str(err).split()))}"
     return run, parquet, write_error, stopper
 
 

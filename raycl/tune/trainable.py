@@ -38,15 +38,29 @@ from ray import tune
 
 from raycl.study.loader import StudyError
 from raycl.study.plan import StudySource
-from raycl.study.results import process_alive, resolve_storage
-from raycl.study.schema import AVG_ACCURACY, SPLITS, metric_column, split_column
+from raycl.study.results import (
+    process_alive,
+    resolve_storage,
+    retry_storage,
+    scrub,
+)
+from raycl.study.schema import (
+    AVG_ACCURACY,
+    DEVICE,
+    GPU_IDS,
+    NODE_ID,
+    NODE_IP,
+    SPLITS,
+    metric_column,
+    split_column,
+)
 from raycl.study.spec import Study
 from raycl.tune.compat import quiet_checkpoint_logs, spec_of_config
 
 __all__ = ["DIGEST_FILE", "SETUP_FAILED", "STATE_FILE", "TEMP_PREFIX", "CorruptCheckpoint",
            "read_checkpoint", "remove_stale_temporaries", "restore_state", "setup_failure",
            "setup_failure_report", "stop_report", "trial_device", "trainable",
-           "write_checkpoint", "STORAGE_FULL_ERRNOS"]
+           "write_checkpoint", "STORAGE_FULL_ERRNOS", "STORAGE_RETRIED"]
 
 # Before Ray restores a trial from a checkpoint in this (trial) process, which imports this
 # module to unpickle the trainable: the driver already says that a trial restarted.
@@ -55,6 +69,9 @@ quiet_checkpoint_logs()
 #: Key of the last report of a trial that failed as every trial would (its study file does
 #: not import in its process; the storage is full): why.
 SETUP_FAILED = "raycl_setup_failed"
+#: Key of a report whose checkpoint upload was retried because the (remote) storage did not
+#: answer: the error and how long it took (the driver says it once per outage).
+STORAGE_RETRIED = "raycl_storage_retried"
 #: ``OSError.errno`` values of a storage that would fail every checkpoint again at once.
 STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -221,33 +238,42 @@ def trial_device(use_gpu: bool) -> tuple[str, dict[str, Any]]:
     A CPU trial hides every GPU from itself first (Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES``
     alone for trials that ask for no GPU). A GPU trial uses ``cuda`` (Ray made the granted GPUs
     the only visible ones) unless torch sees no CUDA device, in which case it falls back to the
-    CPU and says so in ``device_note``.
+    CPU and says so in ``device_note``, still recording the GPU ids Ray granted: so it is with
+    the fake GPUs of a test cluster (``Cluster.add_node(num_gpus=1)``), and on a node whose
+    driver or torch build cannot use its GPU (the note then shows in every report). Every trial
+    records the node it ran on: its IP and Ray's node id (the IP alone does not tell apart nodes
+    of one machine).
     """
     import ray
 
-    info: dict[str, Any] = {"node_ip": ray.util.get_node_ip_address()}
+    info: dict[str, Any] = {NODE_IP: ray.util.get_node_ip_address(),
+                            NODE_ID: ray.get_runtime_context().get_node_id()}
     if not use_gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA
-        info.update(device="cpu", gpu_ids=None)  # no GPU: null, not ""
+        info.update({DEVICE: "cpu", GPU_IDS: None})  # no GPU: null, not ""
         return "cpu", info
     import torch
 
     ids = ",".join(str(i) for i in ray.get_gpu_ids())
-    info["gpu_ids"] = ids
+    info[GPU_IDS] = ids
     if torch.cuda.is_available():
-        info["device"] = "cuda"
+        info[DEVICE] = "cuda"
         return "cuda", info
     note = f"granted GPU(s) {ids or '?'} but torch sees no CUDA device: trained on the CPU"
     print(f"raycl: warning: {note}", file=sys.stderr)
-    info.update(device="cpu", device_note=note)
+    info.update({DEVICE: "cpu", "device_note": note})
     return "cpu", info
 
 
 def trainable(config: dict[str, Any], source: StudySource, use_gpu: bool,
-              cpus_per_trial: float, storage: str) -> None:
+              cpus_per_trial: float, storage: str,
+              storage_fs: pafs.FileSystem | None = None) -> None:
     """Run the trial of ``config`` (see ``raycl.tune.compat.tune_config``) of the study that
     ``source`` describes; ``storage`` is the study's folder (a trial that continues another
-    trial's learner reads its checkpoint there)."""
+    trial's learner reads its checkpoint there), ``storage_fs`` its file system when remote
+    (it holds what the URI's query said, which ``storage`` does not). On a remote storage,
+    a checkpoint upload that fails as an unreachable storage does is retried (for up to
+    ``RAYCL_STORAGE_RETRY_S``) and the report says so (:data:`STORAGE_RETRIED`)."""
     quiet_checkpoint_logs()
     device, info = trial_device(use_gpu)
     import torch
@@ -265,6 +291,9 @@ def trainable(config: dict[str, Any], source: StudySource, use_gpu: bool,
     state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
+        # an unreachable storage is not a corrupt checkpoint: wait for it first
+        retry_storage(lambda: checkpoint.filesystem.get_file_info(checkpoint.path),
+                      checkpoint.filesystem)
         state, notes = restore_state(checkpoint.filesystem, checkpoint.path)
         if notes:
             note = "; ".join(notes)
@@ -279,11 +308,11 @@ def trainable(config: dict[str, Any], source: StudySource, use_gpu: bool,
         with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as folder:
             write_checkpoint(folder, state_out)
             # Copied to the trial's storage before report returns: the temp dir may go.
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            _report_retrying(metrics, folder, storage_fs, storage)
 
     init = None
     if spec.init is not None:  # per-experience selection: continue the chosen learner
-        fs, _, _ = resolve_storage(storage)
+        fs = storage_fs or resolve_storage(storage)[0]
         init = read_checkpoint(fs, spec.init)
     try:
         run_trial(study, spec, report, state, init_state=init, device=device, info=info)
@@ -294,3 +323,32 @@ def trainable(config: dict[str, Any], source: StudySource, use_gpu: bool,
         tune.report(stop_report(source, f"cannot save a checkpoint: {os.strerror(err.errno)} "
                                         f"({' '.join(str(err).split())}); free space under "
                                         f"{storage}"))
+
+
+def _report_retrying(metrics: dict[str, Any], folder: str, fs: pafs.FileSystem | None,
+                     storage: str) -> None:
+    """``tune.report(metrics)`` with the checkpoint in ``folder``; on a remote storage ``fs``
+    (the study's folder: URI ``storage``), tried again while the upload fails as an
+    unreachable storage does (Ray copies the checkpoint before it queues the result, so a
+    failed attempt reported nothing; it may leave a partial ``checkpoint_*`` folder, which is
+    never registered and is pruned later). Each attempt first checks that the storage
+    answers: an upload cut short makes Arrow print its error (endpoint included) on stderr."""
+    if fs is None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        return
+    import time
+
+    start, failure = time.monotonic(), []
+    probe = storage.partition("://")[2].split("?")[0]  # bucket/key: the path in ``fs``
+
+    def attempt() -> None:
+        fs.get_file_info(probe)
+        if failure:  # the report that finally goes says what happened
+            metrics[STORAGE_RETRIED] = (f"{failure[0]}; the checkpoint upload was retried "
+                                        f"for {time.monotonic() - start:.1f} s")
+        tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def note(err: OSError) -> None:
+        failure.append(scrub(" ".join(str(err).split()))[:200])
+
+    retry_storage(attempt, fs, on_retry=note)
