@@ -113,9 +113,9 @@ def gem_scaling(bench, device: str, repeats: int) -> None:
         n_qp = [0]
         project = gem._project
 
-        def counting(blocks, grads):
+        def counting(*args, **kwargs):
             n_qp[0] += 1
-            return project(blocks, grads)
+            return project(*args, **kwargs)
 
         gem._project = counting  # type: ignore[method-assign]
         seconds = _train_time(strategy(device, [gem], epochs=1), exp, device)

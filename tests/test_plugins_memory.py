@@ -436,6 +436,30 @@ def test_gem_projection_copes_with_gradients_of_very_different_sizes():
         assert float(dots.min()) >= -1e-7  # relative to the sizes involved
 
 
+def test_gem_projection_in_place_matches_the_copy_and_reaches_non_contiguous_grads():
+    """``after_backward`` writes G^T v + g over ``.grad`` in column chunks: the same numbers as
+    the out-of-place projection, including for a ``.grad`` that is not contiguous."""
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.zeros(s)) for s in [(5, 7), (7,), (3, 11)]]
+    blocks = [torch.randn(3, p.numel()) for p in params]
+    grads = [-0.5 * b.sum(0) + 0.1 * torch.randn(b.shape[1]) for b in blocks]
+    gem = GEMPlugin(5, 0.5)
+    gem._chunk = 4  # several column chunks per block, the last one partial
+    expected = gem._project(blocks, grads)
+    flat = [g.clone() for g in grads]
+    assert gem._project(blocks, flat, out=flat) is flat
+    assert all(torch.equal(a, b) for a, b in zip(flat, expected, strict=True))
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.view(p.shape).clone()
+    params[2].grad = torch.empty(11, 3).T.copy_(params[2].grad)  # same values, not contiguous
+    assert not params[2].grad.is_contiguous()
+    gem._blocks, gem._params = blocks, params
+    gem.after_backward(SimpleNamespace())
+    assert not params[2].grad.is_contiguous()
+    for p, e in zip(params, expected, strict=True):
+        assert torch.equal(p.grad.reshape(-1), e)
+
+
 def _check_gem_steps(experiences, model, gem, epochs=2, some_kept=True):
     before: list[dict] = []
     stats = {"projected": 0, "steps": 0}

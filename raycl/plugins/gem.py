@@ -180,13 +180,18 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
     def after_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         if self._blocks is None:
             return
-        have = [(b, g) for b, p in zip(self._blocks, self._params, strict=True)
-                if (g := p.grad) is not None]
-        blocks, grads = [b for b, _ in have], [g.reshape(-1) for _, g in have]
-        dots = torch.stack([b @ g for b, g in zip(blocks, grads, strict=True)]).sum(0)
+        blocks, grads = [], []
+        for b, p in zip(self._blocks, self._params, strict=True):
+            if p.grad is not None:
+                blocks.append(b)
+                grads.append(p.grad)
+        flat = [g.reshape(-1) for g in grads]  # views of .grad (copies if not contiguous)
+        dots = torch.stack([b @ g for b, g in zip(blocks, flat, strict=True)]).sum(0)
         if bool((dots < 0).any()):  # host sync: the QP runs on the CPU anyway
-            for (_, g), new in zip(have, self._project(blocks, grads), strict=True):
-                g.copy_(new.view_as(g))
+            self._project(blocks, flat, out=flat)  # G^T v + g written over g
+            for g, f in zip(grads, flat, strict=True):
+                if f.data_ptr() != g.data_ptr():  # a non-contiguous .grad: reshape copied it
+                    g.copy_(f.view_as(g))
 
     def solve_quadprog(self, g: Tensor, G: Tensor | None = None) -> Tensor:
         """The projected gradient ``G^T v + g`` for the dual QP's solution v (float64 solve)."""
@@ -195,24 +200,31 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
             raise RuntimeError("solve_quadprog: no past-experience gradients (G) to project on")
         return self._project([G], [g])[0]
 
-    def _project(self, blocks: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        """Solve the dual QP for G (given in column blocks) and g; return G^T v + g in blocks."""
+    def _project(self, blocks: list[Tensor], grads: list[Tensor],
+                 out: list[Tensor] | None = None) -> list[Tensor]:
+        """Solve the dual QP for G (given in column blocks) and g; return G^T v + g in blocks.
+
+        The result is written into ``out`` when given (it may be ``grads`` itself: each column
+        chunk of g is read, in float64, before any is written)."""
         import quadprog
 
-        # float64 sums over column chunks: each chunk is cast while in cache, no full copies
+        # float64 sums over column chunks: each chunk is cast while in cache, no full copies;
+        # g's chunks are kept in float64 for the final G^T v + g (cast once, not twice)
         pieces = [(b[:, j:j + self._chunk], g[j:j + self._chunk]) for b, g in
                   zip(blocks, grads, strict=True) for j in range(0, b.shape[1], self._chunk)]
         gram_t = blocks[0].new_zeros((len(blocks[0]),) * 2, dtype=torch.float64)
         Gg_t = gram_t.new_zeros(len(blocks[0]))
+        grads64 = []
         for b, g in pieces:
-            bd = b.double()
+            bd, gd = b.double(), g.double()
             gram_t.addmm_(bd, bd.T)
-            Gg_t.addmv_(bd, g.double())
+            Gg_t.addmv_(bd, gd)
+            grads64.append(gd)
         gram, Gg = gram_t.cpu().numpy(), Gg_t.cpu().numpy()
         gram = 0.5 * (gram + gram.T)
         if not (np.isfinite(gram).all() and np.isfinite(Gg).all()):
             warnings.warn("GEMPlugin: non-finite gradients, step left unprojected", stacklevel=3)
-            return grads
+            return grads if out is None else out
         # Solved for w = v / d with d = 1/sqrt(diag(gram) + ridge): the same minimiser, but a
         # unit diagonal, so quadprog copes with gradients of very different sizes.
         d = 1.0 / np.sqrt(np.diag(gram) + self.ridge)
@@ -222,23 +234,21 @@ class GEMPlugin(EpisodicMemory, StrategyPlugin):
         # Proximal point on the ridge-free QP: each step leaves G g' = (lambda - rho dw) / d, so
         # the constraints G g' >= 0 hold once w stops moving.
         rho, tol = 1e-4, 1e-9 * max(float(np.abs(Gg).max()), 1e-30)
+        prox = scaled + rho * eye  # the same matrix at every step (quadprog copies it)
         for _ in range(self.refine_steps if t else 0):
-            w_next = quadprog.solve_qp(scaled + rho * eye, -q + rho * w, eye, low)[0]
+            w_next = quadprog.solve_qp(prox, -q + rho * w, eye, low)[0]
             step = float((rho * np.abs(w_next - w) / d).max())
             w = w_next
             if step <= tol:
                 break
         # in float64 too: v rounded to float32 would break the constraints by ~1e-7 * |G|^2
         vd = torch.from_numpy(w * d).to(gram_t)
-        return [torch.cat([torch.addmv(g.double(), b.double().T, vd).to(g.dtype)
-                           for b, g in pieces[k:k + n]]) if n else grads[i].clone()
-                for i, (k, n) in enumerate(self._spans(blocks))]
-
-    def _spans(self, blocks: list[Tensor]) -> list[tuple[int, int]]:
-        """(first piece, number of pieces) of each block in ``_project``'s column chunks."""
-        counts = [-(-b.shape[1] // self._chunk) for b in blocks]
-        starts = np.cumsum([0, *counts[:-1]]).tolist()
-        return list(zip(starts, counts, strict=True))
+        if out is None:
+            out = [torch.empty_like(g) for g in grads]
+        targets = [o[j:j + self._chunk] for o in out for j in range(0, o.shape[0], self._chunk)]
+        for (b, _), gd, o in zip(pieces, grads64, targets, strict=True):
+            o.copy_(gd.addmv_(b.double().T, vd))
+        return out
 
     # ---- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
