@@ -47,6 +47,7 @@ class Step:
     name: str
     command: list[str]
     limit_s: float
+    storage: Path | None = None  # a study step's --storage: its trials table is read back
     status: str = "skipped"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
@@ -68,7 +69,12 @@ def cuda_status() -> tuple[bool, str]:
 def steps(out: Path, python: str) -> list[Step]:
     """The check's steps, in order."""
     bench = [python, "-u"]
-    study = [python, "-m", "raycl.study", STUDY, *STUDY_ARGS]
+
+    def study(name: str, gpus: str, limit_s: float) -> Step:
+        storage = out / name
+        return Step(name, [python, "-m", "raycl.study", STUDY, *STUDY_ARGS, "--gpus-per-trial",
+                           gpus, "--storage", str(storage)], limit_s, storage=storage)
+
     return [
         Step("cuda-tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda",
                             "tests/"], 150),
@@ -79,10 +85,8 @@ def steps(out: Path, python: str) -> list[Step]:
                                       "--memory-experiences", "0"], 90),
         Step("bench-memory", [*bench, "bench/bench_memory.py", "--device", "cuda", "--repeats",
                               "1", "--no-scaling"], 90),
-        Step("study-1-gpu-per-trial", [*study, "--gpus-per-trial", "1", "--storage",
-                                       str(out / "gpu1")], 150),
-        Step("study-4-trials-per-gpu", [*study, "--gpus-per-trial", "0.25", "--storage",
-                                        str(out / "gpu025")], 120),
+        study("study-1-gpu-per-trial", "1", 150),
+        study("study-4-trials-per-gpu", "0.25", 120),
     ]
 
 
@@ -141,13 +145,13 @@ def run_step(step: Step, out: Path, deadline: float) -> None:
             step.status = f"FAILED (over {limit:.0f} s)"
     step.seconds = time.monotonic() - start
     text = log.read_text(errors="replace")
-    if step.name == "cuda-tests":
+    if step.storage is not None:
+        step.figures = study_figures(step.storage)
+    elif step.name == "cuda-tests":
         counts = [ln for ln in text.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
         step.figures = counts[-1:] or text.splitlines()[-3:]
-    elif step.name.startswith("bench-"):
+    else:  # a benchmark: its ratio lines
         step.figures = [ln.rstrip() for ln in text.splitlines() if RATIO.search(ln)]
-    else:
-        step.figures = study_figures(out / ("gpu1" if "1-gpu" in step.name else "gpu025"))
     if step.status != "ok":
         step.figures += ["... " + ln for ln in text.splitlines()[-5:]]
 

@@ -647,11 +647,6 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _argument_label(arg: str) -> str:
-    """A command-line argument as the lock records it: a URI without its query."""
-    return storage_label(arg) if "://" in arg else arg
-
-
 def _when(info: Mapping[str, Any]) -> str:
     return str(info.get("started_at") or "an unknown time")
 
@@ -686,7 +681,7 @@ class StudyLock:
         self.local = isinstance(fs, pafs.LocalFileSystem)
         self.info = {"pid": os.getpid(), "host": socket.gethostname(),
                      "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                     "command": " ".join(map(_argument_label, sys.argv)), "study": study,
+                     "command": " ".join(map(storage_label, sys.argv)), "study": study,
                      "token": uuid.uuid4().hex}
         self.content = json.dumps(self.info, indent=1).encode()
         self.taken_over: str | None = None

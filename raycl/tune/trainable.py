@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -336,8 +337,6 @@ def _report_retrying(metrics: dict[str, Any], folder: str, fs: pafs.FileSystem |
     if fs is None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         return
-    import time
-
     start, failure = time.monotonic(), []
     probe = storage.partition("://")[2].split("?")[0]  # bucket/key: the path in ``fs``
 
