@@ -9,7 +9,9 @@ a MultiHeadMLP 784-256-256 with a head per task) prints each plugin's training t
 to the plain PyTorch loop measured in the same process (runs interleaved, median of
 ``--repeats``; targets: <= 1.5x for EWC, online EWC, SI, LwF and <= 1.8x for RWalk), the same
 ratio in CPU time of the process (robust when other processes share the cores), and the final
-stream accuracy. Then the bytes held by each plugin's tensors after each of
+stream accuracy. A "floor" row times the plain loop plus EWC's Fisher pass written by hand (the
+work EWC cannot avoid, before any penalty) and the last column gives EWC's ratio to it. Then
+the bytes held by each plugin's tensors after each of
 ``--memory-experiences`` permuted experiences: separate-mode EWC grows linearly, online EWC
 stays flat. Last, the seconds spent inside each plugin callback (class scenario).
 
@@ -71,6 +73,7 @@ PLUGINS: dict[str, Callable[[], StrategyPlugin] | None] = {
     "RWalk (10, 0.9, 10)": lambda: RWalkPlugin(10.0, 0.9, 10),
     "LwF (alpha 1, T 2)": lambda: LwFPlugin(1.0, 2.0),
 }
+FLOOR = "floor: plain + Fisher pass"
 TARGET = {"EWC": 1.5, "online": 1.5, "SI": 1.5, "LwF": 1.5, "RWalk": 1.8}
 
 
@@ -99,6 +102,33 @@ def _run_plain(bench: Any, device: str) -> tuple[float, float, None]:
     return wall, time.process_time() - cpu, None
 
 
+def _run_fisher_floor(bench: Any, device: str) -> tuple[float, float, None]:
+    """The plain loop plus EWC's Fisher pass written by hand after each experience (one forward
+    and backward per minibatch, squared gradients summed; the reference's definition): the
+    work EWC cannot avoid, before any penalty."""
+    model, crit = make_mlp().to(device), nn.CrossEntropyLoss()
+    opt, params = make_optimizer(model), list(model.parameters())
+    data = [(e.dataset.x.to(device), e.dataset.targets.to(device)) for e in bench.train_stream]
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for x, y in data:
+        model.train()
+        for _ in range(EPOCHS):
+            order = torch.randperm(x.shape[0]).to(device)
+            for i in range(0, x.shape[0], BATCH):
+                idx = order[i:i + BATCH]
+                opt.zero_grad(set_to_none=True)
+                crit(model(x[idx]), y[idx]).backward()
+                opt.step()
+        model.eval()
+        fisher = [torch.zeros_like(p) for p in params]
+        for i in range(0, x.shape[0], BATCH):
+            g = torch.autograd.grad(crit(model(x[i:i + BATCH]), y[i:i + BATCH]), params)
+            torch._foreach_addcmul_(fisher, g, g)
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu, None
+
+
 def _run_strategy(scenario: str, make: Callable[[], StrategyPlugin] | None, bench: Any,
                   device: str) -> tuple[float, float, Naive]:
     strategy = _strategy(scenario, make, device)  # built outside the timed region
@@ -114,6 +144,8 @@ def bench_scenario(scenario: str, device: str, repeats: int) -> None:
     bench = make_benchmark(scenario)
     runs: dict[str, Callable[[], tuple[float, float, Any]]] = {
         "plain loop": lambda: _run_plain(bench, device)}
+    if scenario != "task":
+        runs[FLOOR] = lambda: _run_fisher_floor(bench, device)
     for name, make in PLUGINS.items():
         runs[name] = lambda make=make: _run_strategy(scenario, make, bench, device)
     runs["plain loop"]()  # warm-up
@@ -129,14 +161,16 @@ def bench_scenario(scenario: str, device: str, repeats: int) -> None:
     naive = statistics.median(wall["naive"])
     print(f"\n# {scenario} scenario ({N_EXP} experiences), device={device}, "
           f"median of {repeats} interleaved runs")
+    floor = statistics.median(wall[FLOOR]) if FLOOR in wall else None
     print(f"{'method':30s} {'train s':>8s} {'x plain':>8s} {'x plain (cpu)':>14s} "
-          f"{'x naive':>8s} {'target':>7s} {'accuracy':>9s}")
+          f"{'x naive':>8s} {'target':>7s} {'accuracy':>9s} {'EWC x floor':>12s}")
     for name in runs:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
         target = next((f"{v:.1f}x" for k, v in TARGET.items() if name.startswith(k)), "")
         acc = "" if last[name] is None else f"{_stream_accuracy(last[name], bench):.3f}"
+        vs_floor = f"{w / floor:11.2f}x" if floor and "EWC" in name else ""
         print(f"{name:30s} {w:8.3f} {w / w0:7.2f}x {c / c0:13.2f}x {w / naive:7.2f}x "
-              f"{target:>7s} {acc:>9s}")
+              f"{target:>7s} {acc:>9s} {vs_floor:>12s}")
 
 
 def _stream_accuracy(strategy: Naive, bench: Any) -> float:

@@ -285,6 +285,35 @@ def test_replay_balanced_batches_split_every_memory_minibatch_over_the_groups():
         ReplayPlugin(10, memory_batches="uniform")
 
 
+def test_replay_loader_batches_restart_each_epoch_with_a_short_last_minibatch():
+    """``memory_batches='loader'`` draws as the reference's memory loader: train_mb_size samples
+    per step, one shuffled pass at a time whose last minibatch is short, and a new pass at
+    every epoch even when the last one is unfinished."""
+    bench = _id_benchmark(n_exp=4, n_per_class=10, n_classes=8)  # 20 samples per experience
+    torch.manual_seed(0)
+    replay = ReplayPlugin(mem_size=9, memory_batches="loader")
+    epochs: list[list[list[int]]] = []
+    current: set[int] = set()
+
+    def record(strategy):
+        epochs[-1].append([i for i in strategy.mb_x[:, 0].long().tolist() if i not in current])
+
+    plugins = [replay, _Hook("before_training_epoch", lambda s: epochs.append([])),
+               _Hook("before_forward", record)]
+    strategy = _naive(nn.Linear(2, 8), plugins, mb=4, epochs=3)
+    strategy.train(bench.train_stream[:3])
+    stored = sorted(i for d in replay.ext_mem.values() for i in d.x[:, 0].long().tolist())
+    current = set(bench.train_stream[3].dataset.x[:, 0].long().tolist())
+    epochs.clear()
+    strategy.train(bench.train_stream[3])
+    assert len(stored) == 9 and len(epochs) == 3
+    for batches in epochs:  # 5 steps of 4 current samples each
+        assert [len(b) for b in batches] == [4, 4, 1, 4, 4]  # 'cycled' would give 4s only
+        assert sorted(batches[0] + batches[1] + batches[2]) == stored  # one pass, short end
+        assert len(set(batches[3] + batches[4])) == 8  # the next pass, cut by the epoch's end
+    assert len({tuple(b[0]) for b in epochs}) == 3  # each epoch a new shuffled pass
+
+
 @functools.cache
 def _task_il_replay(seed: int, replay: bool) -> float:
     """Task-IL SplitDigits, 5 tasks; MultiHeadMLP 64-32-32, SGD lr 0.1 momentum 0.9, batch 32,
@@ -434,6 +463,25 @@ def test_gem_projection_copes_with_gradients_of_very_different_sizes():
         out = gem.solve_quadprog(g).double()
         dots = G.double() @ out / (G.double().norm(dim=1) * out.norm())
         assert float(dots.min()) >= -1e-7  # relative to the sizes involved
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 6])
+def test_gem_projection_meets_the_dual_qps_optimality_conditions(T: int):
+    """G g' >= 0 is not enough: the projection must be the QP's solution. Its KKT conditions,
+    checked on the result: g' - g = G^T v with v >= memory_strength, G g' >= 0, and
+    (G g')_i = 0 wherever v_i > memory_strength (blocks split into several column chunks)."""
+    torch.manual_seed(T)
+    blocks = [torch.randn(T, n) for n in (30, 5, 17)]
+    grads = [-0.5 * b.sum(0) + 0.1 * torch.randn(b.shape[1]) for b in blocks]
+    gem = GEMPlugin(5, 0.5)
+    gem._chunk = 8
+    got = gem._project(blocks, grads)
+    G, g, g1 = (torch.cat(list(v), -1).double() for v in (blocks, grads, got))
+    v = torch.linalg.lstsq(G.T, (g1 - g).unsqueeze(1)).solution.squeeze(1)
+    torch.testing.assert_close(G.T @ v, g1 - g, rtol=0, atol=1e-5)
+    slack = G @ g1
+    assert float(v.min()) >= 0.5 - 1e-5 and float(slack.min()) >= -1e-5
+    assert float(((v - 0.5) * slack).abs().max()) <= 1e-4
 
 
 def test_gem_projection_in_place_matches_the_copy_and_reaches_non_contiguous_grads():
@@ -651,13 +699,15 @@ def _run(make_plugin, train, test, stop_after=None, multi_head=False, seed=0):
     (lambda: ReplayPlugin(60), False),
     (lambda: ReplayPlugin(60, ClassBalancedStoragePolicy({}, 60)), True),
     (lambda: ReplayPlugin(60, memory_batches="balanced"), False),
+    (lambda: ReplayPlugin(60, memory_batches="loader"), False),
     (lambda: GDumbPlugin(60), False),
     (lambda: GDumbPlugin(60), True),
     (lambda: GEMPlugin(20, 0.5), False),
     (lambda: GEMPlugin(20, 0.5), True),
     (lambda: AGEMPlugin(20, 16), False),
     (lambda: AGEMPlugin(20, 16), True),
-], ids=["replay", "replay-class-balanced-task-il", "replay-balanced-batches", "gdumb",
+], ids=["replay", "replay-class-balanced-task-il", "replay-balanced-batches",
+        "replay-loader-batches", "gdumb",
         "gdumb-task-il", "gem", "gem-task-il", "agem", "agem-task-il"])
 def test_resumed_run_equals_uninterrupted_run(make_plugin, multi_head):
     train, test = _digits3(task=multi_head)

@@ -98,9 +98,12 @@ def test_online_ewc_decays_importances_and_uses_the_latest_anchor():
     assert sorted(keep.importances) == [0, 1, 2]
 
 
-def test_ewc_fisher_estimates_match_a_plain_loop():
+@pytest.mark.parametrize("norm", [False, True], ids=["linear-only", "layer-norm"])
+def test_ewc_fisher_estimates_match_a_plain_loop(norm: bool):
+    # linear-only models take the fused nn.Linear pass, the layer norm sends it to vmap
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    model = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7) if norm else nn.Identity(),
+                          nn.ReLU(), nn.Linear(7, 3))
     x, y = torch.randn(70, 5), torch.randint(0, 3, (70,))  # 8 full minibatches + 6 samples
     crit = nn.CrossEntropyLoss()
     data = TensorCLDataset(x, y, 0)

@@ -6,10 +6,13 @@ after each experience (default: :class:`ExperienceBalancedStoragePolicy`). Durin
 experiences each step trains on ``[current minibatch; memory minibatch]`` (twice the samples);
 the epoch length is set by the current data. Memory minibatches come from shuffled cycles drawn
 from torch's global generator (so a checkpointed run replays them): one cycle over the whole
-memory (``memory_batches='cycled'``), or one per memory group with every minibatch split
-equally over the groups (``'balanced'``, as Avalanche's group-balanced loaders). Task labels
-travel with every memory sample, so class-, task- (multi-head models route by ``mb_task_id``)
-and domain-IL work.
+memory (``memory_batches='cycled'``, what the reference library does in class-IL up to cycle
+ends), the same as a loader restarted each epoch with a short last minibatch (``'loader'``,
+exactly Avalanche 0.5/0.6's ``ReplayDataLoader`` in class-IL), or one cycle per memory group
+with every minibatch split equally over the groups (``'balanced'``, Avalanche's
+task-balanced loader when each experience has its own task label). Task labels travel with
+every memory sample, so class-, task- (multi-head models route by ``mb_task_id``) and
+domain-IL work.
 """
 
 from __future__ import annotations
@@ -37,11 +40,14 @@ class ReplayPlugin(StrategyPlugin):
         storage_policy: what to store; default experience-balanced and adaptive. A given
             policy must have the same ``mem_size``; its ``ext_mem`` is the plugin's memory.
         memory_batches: how each memory minibatch is drawn. ``'cycled'`` (default): the next
-            samples of a shuffled cycle over the whole memory, so every stored sample is
-            replayed once per cycle. ``'balanced'``: ``b // G`` samples from each of the
-            memory's G groups (past experiences with the default policy; the remainder to
-            randomly chosen groups), each group cycled on its own, as the reference library's
-            group-balanced loader. ``docs/methods.md`` compares the two.
+            ``b`` samples (``b``: the current minibatch's size) of a shuffled cycle over the
+            whole memory, so every stored sample is replayed once per cycle; a minibatch may
+            span two cycles and the cycle runs on across epochs. ``'loader'``: as a shuffled
+            ``DataLoader`` over the memory with batch size ``train_mb_size``, restarted at each
+            epoch: the last minibatch of a pass is short (the reference library's loader in
+            class-IL). ``'balanced'``: ``b // G`` samples from each of the memory's G groups
+            (past experiences with the default policy; the remainder to randomly chosen
+            groups), each group cycled on its own. ``docs/methods.md`` compares them.
     """
 
     def __init__(self, mem_size: int = 200, storage_policy: StoragePolicy | None = None, *,
@@ -57,7 +63,7 @@ class ReplayPlugin(StrategyPlugin):
             raise ValueError(f"mem_size ({mem_size}) must equal storage_policy.mem_size "
                              f"({storage_policy.mem_size})")
         self.memory_batches = check_choice("memory_batches", memory_batches,
-                                           ("cycled", "balanced"))
+                                           ("cycled", "loader", "balanced"))
         self.storage_policy = storage_policy
         self._mem: TensorCLDataset | None = None  # all groups, concatenated on the device
         self._spans: list[tuple[int, int]] = []  # (offset, size) of each cycle in _mem
@@ -79,12 +85,18 @@ class ReplayPlugin(StrategyPlugin):
             self._spans = [(0, len(self._mem))] if self._mem is not None else []
         self._orders, self._cursors = [None] * len(self._spans), [0] * len(self._spans)
 
+    def before_training_epoch(self, strategy: Strategy, **kwargs: Any) -> None:
+        if self.memory_batches == "loader":  # a new pass over the memory, as a new loader
+            self._orders, self._cursors = [None] * len(self._spans), [0] * len(self._spans)
+
     def before_training_iteration(self, strategy: Strategy, **kwargs: Any) -> None:
         mem, x, y, t = self._mem, strategy.mb_x, strategy.mb_y, strategy.mb_task_id
         if mem is None or x is None or y is None or t is None:
             return
         k, n_cycles = x.shape[0], len(self._spans)
-        if n_cycles == 1:
+        if self.memory_batches == "loader":
+            idx = self._next_indices(0, strategy.train_mb_size, mem.device, short=True)
+        elif n_cycles == 1:
             idx = self._next_indices(0, k, mem.device)
         else:  # k // G from each group, the remainder to randomly chosen groups
             counts = ((torch.randperm(n_cycles) < k % n_cycles).long() + k // n_cycles).tolist()
@@ -98,8 +110,10 @@ class ReplayPlugin(StrategyPlugin):
         self.storage_policy(strategy, **kwargs)
         self._mem, self._spans, self._orders, self._cursors = None, [], [], []
 
-    def _next_indices(self, cycle: int, k: int, device: torch.device) -> Tensor:
-        """The next ``k`` memory indices of ``cycle``, reshuffling it when it runs out."""
+    def _next_indices(self, cycle: int, k: int, device: torch.device,
+                      short: bool = False) -> Tensor:
+        """The next ``k`` memory indices of ``cycle``, reshuffling it when it runs out (with
+        ``short``, only what is left of the cycle when fewer than ``k``)."""
         offset, n = self._spans[cycle]
         parts = []
         while k > 0:
@@ -110,7 +124,7 @@ class ReplayPlugin(StrategyPlugin):
             take = min(k, n - cursor)
             parts.append(order[cursor:cursor + take])  # type: ignore[index]
             self._cursors[cycle] = cursor + take
-            k -= take
+            k = 0 if short else k - take
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def state_dict(self) -> dict[str, Any]:
