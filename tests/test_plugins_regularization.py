@@ -378,6 +378,52 @@ def test_si_importance_is_the_path_integral_of_the_task_loss_gradient():
         assert float(fake.loss.detach()) == pytest.approx(lam * 0.01 * omega_sum, rel=1e-4)
 
 
+class _SeenPlan(StrategyPlugin):
+    """Records, after each step, whether ``plugin`` read the step from the optimizer."""
+
+    def __init__(self, plugin, used: list[bool]) -> None:
+        self.plugin, self.used = plugin, used
+
+    def after_update(self, strategy, **kwargs):
+        self.used.append(self.plugin._step._plan is not None)
+
+
+def _two_groups(model: nn.Module) -> list[dict]:
+    first, *rest = list(model.parameters())
+    return [{"params": [first], "lr": 0.05, "momentum": 0.9},
+            {"params": rest, "lr": 0.02, "momentum": 0.5, "weight_decay": 1e-3, "dampening": 0.1}]
+
+
+@pytest.mark.parametrize("make_opt, reads", [
+    (lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9), True),
+    (lambda m: torch.optim.SGD(_two_groups(m), lr=0.05), True),
+    (lambda m: torch.optim.SGD(m.parameters(), lr=0.05), True),
+    (lambda m: torch.optim.SGD(m.parameters(), lr=0.05, weight_decay=1e-3), False),
+    (lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True), False),
+    (lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), False),
+], ids=["sgd-momentum", "sgd-two-groups", "sgd", "sgd-decay", "nesterov", "adam"])
+def test_path_integrals_read_from_sgd_equal_the_weight_copys(make_opt, reads):
+    """SI and RWalk read a plain SGD step from the optimizer (-lr * momentum buffer) instead of
+    copying the weights before it: the same importances, to rounding; other optimizers copy."""
+    bench = SplitDigits(5, seed=0)
+    for make in (lambda: SynapticIntelligencePlugin(0.01), lambda: RWalkPlugin(1.0, 0.9, 5)):
+        results, used = [], []
+        for read in (True, False):
+            model = _build_single(seed=0, hidden=16)
+            plugin = make()
+            plugin.read_sgd_step = read
+            seen = _SeenPlan(plugin, used)
+            strategy = Naive(model, make_opt(model), train_mb_size=32,
+                             plugins=[plugin, seen], evaluator=EvaluationPlugin())
+            strategy.train(bench.train_stream[:2])
+            results.append(plugin.state_dict())
+        assert set(used) == ({True, False} if reads else {False})
+        for key in ("omega", "scores", "importance"):
+            for n, a in results[0].get(key, {}).items():
+                b = results[1][key][n]
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
+
+
 def test_si_excludes_parameters_by_pattern_and_batch_norm():
     model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
     names = set(SynapticIntelligencePlugin(1.0, excluded_parameters=["2"])

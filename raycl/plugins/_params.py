@@ -231,12 +231,3 @@ def at_experience(value: float | list[float], t: int) -> float:
     if isinstance(value, list):
         return value[min(t, len(value) - 1)]
     return value
-
-
-def accumulate_path_integral(acc: list[Tensor], prev: list[Tensor], params: list[Tensor],
-                             pos: list[int] | None, grads: list[Tensor]) -> None:
-    """``acc += -g * (theta_new - theta_old)`` for the parameters at ``pos`` (Zenke et al. 2017,
-    eq. 3; RWalk's loss change). ``prev`` holds theta_old and is overwritten."""
-    old = pick(prev, pos)
-    torch._foreach_sub_(old, pick(params, pos))  # theta_old - theta_new
-    torch._foreach_addcmul_(pick(acc, pos), grads, old)

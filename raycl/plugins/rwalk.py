@@ -28,13 +28,13 @@ from torch import Tensor, nn
 from raycl.checks import check_int, check_number
 from raycl.plugins._params import (
     QuadraticPenalty,
-    accumulate_path_integral,
     pad_to,
     pick,
     snapshot,
     task_grads,
     trainable_params,
 )
+from raycl.plugins._path_integral import StepPath
 from raycl.plugins._stability import warn_if_unstable
 from raycl.plugins.base import Strategy, StrategyPlugin
 
@@ -49,6 +49,10 @@ class RWalkPlugin(StrategyPlugin):
         ewc_alpha: weight of the newest squared gradient in the Fisher moving average, in [0, 1].
         delta_t: iterations between score updates (>= 1).
     """
+
+    #: read each step from a plain SGD optimizer instead of copying the weights before it
+    #: (``_path_integral``); False copies, exact whatever else moves the weights
+    read_sgd_step = True
 
     def __init__(self, ewc_lambda: float = 0.1, ewc_alpha: float = 0.9, delta_t: int = 10) -> None:
         self.ewc_lambda = check_number("ewc_lambda", ewc_lambda, low=0.0)
@@ -66,7 +70,7 @@ class RWalkPlugin(StrategyPlugin):
         self._loss: list[Tensor] = []
         self._score: list[Tensor] = []
         self._ckpt: list[Tensor] = []
-        self._prev: list[Tensor] = []
+        self._step = StepPath([])
         self._grads: tuple[list[int] | None, list[Tensor]] = (None, [])
         self._penalty: QuadraticPenalty | None = None
         self._pen_pos: list[int] = []
@@ -84,7 +88,7 @@ class RWalkPlugin(StrategyPlugin):
         self._loss = [torch.zeros_like(p) for p in self._params]
         self._score = [torch.zeros_like(p) for p in self._params]
         self._ckpt = [p.detach().clone() for p in self._params]
-        self._prev = [torch.empty_like(p) for p in self._params]
+        self._step = StepPath(self._params, self.read_sgd_step)
         self._penalty = None
         if self.scores and self.ewc_lambda > 0:
             weights = self.penalty_weights()
@@ -116,13 +120,13 @@ class RWalkPlugin(StrategyPlugin):
         if alpha and grads:
             torch._foreach_addcmul_(pick(self._fisher, pos), grads, grads, value=alpha / decayed)
         self._fisher_scale = decayed
-        torch._foreach_copy_(self._prev, self._params)
+        self._step.before_step(strategy.optimizer)
 
     @torch.no_grad()
     def after_update(self, strategy: Strategy, **kwargs: Any) -> None:
         """Loss change of the step: ``dL -= g * (theta_new - theta_old)``."""
         pos, grads = self._grads
-        accumulate_path_integral(self._loss, self._prev, self._params, pos, grads)
+        self._step.accumulate(self._loss, pos, grads)
         self._grads = (None, [])
         if self._penalty:  # let the loss's gradients go
             self._penalty.task_grads = []
@@ -150,7 +154,8 @@ class RWalkPlugin(StrategyPlugin):
             self.scores[n] = s if old is None else 0.5 * (pad_to(old.to(s.device), s.shape, s) + s)
             self.importance[n] = f.mul_(self._fisher_scale)
         self.theta_star.update(snapshot(dict(zip(self._names, self._params))))
-        self._fisher, self._loss, self._score, self._ckpt, self._prev = [], [], [], [], []
+        self._fisher, self._loss, self._score, self._ckpt = [], [], [], []
+        self._step = StepPath([])
         self._penalty = None
 
     def penalty_weights(self) -> dict[str, Tensor]:

@@ -34,12 +34,12 @@ from torch.nn.modules.batchnorm import _NormBase
 from raycl.checks import check_number
 from raycl.plugins._params import (
     QuadraticPenalty,
-    accumulate_path_integral,
     at_experience,
     check_schedule,
     pad_to,
     task_grads,
 )
+from raycl.plugins._path_integral import StepPath
 from raycl.plugins._stability import warn_if_unstable
 from raycl.plugins.base import Strategy, StrategyPlugin
 
@@ -58,6 +58,10 @@ class SynapticIntelligencePlugin(StrategyPlugin):
             device, or a device.
         eps: damping of the importance denominator (> 0; the reference uses 1e-7).
     """
+
+    #: read each step from a plain SGD optimizer instead of copying the weights before it
+    #: (``_path_integral``); False copies, exact whatever else moves the weights
+    read_sgd_step = True
 
     def __init__(self, si_lambda: float | Sequence[float],
                  excluded_parameters: Sequence[str] | None = None,
@@ -84,7 +88,7 @@ class SynapticIntelligencePlugin(StrategyPlugin):
         self._params: list[nn.Parameter] = []
         self._start: list[Tensor] = []
         self._path: list[Tensor] = []
-        self._prev: list[Tensor] = []
+        self._step = StepPath([])
         self._grads: tuple[list[int] | None, list[Tensor]] = (None, [])
         self._penalty: QuadraticPenalty | None = None
         self._pen_pos: list[int] = []
@@ -104,7 +108,7 @@ class SynapticIntelligencePlugin(StrategyPlugin):
         self._names, self._params = list(params), list(params.values())
         self._start = [p.detach().clone() for p in self._params]
         self._path = [torch.zeros_like(p) for p in self._params]
-        self._prev = [torch.empty_like(p) for p in self._params]
+        self._step = StepPath(self._params, self.read_sgd_step)
         lam = at_experience(self.si_lambda, strategy.clock.train_exp_counter)
         self._penalty = None
         if self.omega and lam > 0:
@@ -128,13 +132,13 @@ class SynapticIntelligencePlugin(StrategyPlugin):
     def after_backward(self, strategy: Strategy, **kwargs: Any) -> None:
         """Keep the task-loss gradient and the weights before the update."""
         self._grads = task_grads(self._params, self._penalty, self._pen_pos)
-        torch._foreach_copy_(self._prev, self._params)
+        self._step.before_step(strategy.optimizer)
 
     @torch.no_grad()
     def after_update(self, strategy: Strategy, **kwargs: Any) -> None:
         """Path integral: ``w += -g * (theta_new - theta_old)``."""
         pos, grads = self._grads
-        accumulate_path_integral(self._path, self._prev, self._params, pos, grads)
+        self._step.accumulate(self._path, pos, grads)
         self._grads = (None, [])
         if self._penalty:  # let the loss's gradients go
             self._penalty.task_grads = []
@@ -149,7 +153,7 @@ class SynapticIntelligencePlugin(StrategyPlugin):
             self.omega[n] = (gain if old is None else gain + pad_to(old.to(gain.device),
                                                                       gain.shape)).to(dev)
             self.theta_star[n] = p.detach().clone().to(dev)
-        self._start, self._path, self._prev = [], [], []
+        self._start, self._path, self._step = [], [], StepPath([])
         self._penalty = None
 
     # ---- checkpoint -------------------------------------------------------------------------
