@@ -362,8 +362,10 @@ def test_driver_killed_in_the_confirmation_phase_resumes_without_rerunning_the_s
     for folder in (files, work, home):
         folder.mkdir()
     path = write_study(files, TINY, replace={"confirm_seeds=[],": "confirm_seeds=[5, 6],"})
+    # batches of 4: the search in 3 Tune runs, the confirmation in 2 (every Tune run costs
+    # seconds of start-up); the kill still lands between the confirmation's first trial and last
     command = [sys.executable, "-m", "raycl.study", str(path), "--address", ray_address,
-               "--gpus-per-trial", "0", "--trials-per-batch", "2"]
+               "--gpus-per-trial", "0", "--trials-per-batch", "4"]
     env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
     token = Path.home() / ".ray" / "auth_token"
     if token.exists() and "RAY_AUTH_TOKEN_PATH" not in env:
