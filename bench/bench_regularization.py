@@ -18,9 +18,9 @@ stays flat. Last, the seconds spent inside each plugin callback (class scenario)
 Reading the ratios: this loop is memory-bound on a small CPU. Each parameter-sized array a plugin
 streams per iteration (1 MiB here) costs about 7-20% of a plain iteration when it is not in
 cache; an exact quadratic penalty needs at least its two state arrays plus a temporary (EWC
-streams ~9 MiB per iteration, SI ~18, RWalk ~22), and EWC's Fisher pass, a forward and backward over
-the experience's data as the reference defines it, is by itself ~0.4x of the plain loop at two
-epochs per experience.
+streams ~9 MiB per iteration, SI ~13, RWalk ~18 with plain SGD's step read from the optimizer),
+and EWC's Fisher pass, a forward and backward over the experience's data as the reference
+defines it, is by itself ~0.4x of the plain loop at two epochs per experience (the "floor" row).
 """
 
 from __future__ import annotations
