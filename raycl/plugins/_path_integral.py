@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from raycl.plugins._params import pick
+
 __all__ = ["StepPath"]
 
 
@@ -50,12 +52,12 @@ class StepPath:
     def accumulate(self, acc: list[Tensor], pos: list[int] | None, grads: list[Tensor]) -> None:
         """After the step: ``acc[i] += -grads * (theta_new - theta_old)`` for the parameters at
         ``pos`` (all if None), ``grads`` being their loss gradients in that order."""
-        idx = list(range(len(self.params))) if pos is None else pos
         if self._plan is None:
-            old = [self._prev[i] for i in idx]  # type: ignore[index]
-            torch._foreach_sub_(old, [self.params[i] for i in idx])  # theta_old - theta_new
-            torch._foreach_addcmul_([acc[i] for i in idx], grads, old)
+            old = pick(self._prev, pos)  # type: ignore[arg-type]
+            torch._foreach_sub_(old, pick(self.params, pos))  # theta_old - theta_new
+            torch._foreach_addcmul_(pick(acc, pos), grads, old)
             return
+        idx = range(len(self.params)) if pos is None else pos
         # -g * (theta_new - theta_old) = lr * g * d, d the momentum buffer (or the gradient)
         state = self._optimizer.state  # type: ignore[union-attr]
         by_lr: dict[float, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}

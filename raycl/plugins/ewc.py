@@ -244,7 +244,7 @@ def _fisher(model: nn.Module, criterion: Any, params: dict[str, nn.Parameter], d
         pending.clear()
 
     def flush_samples(samples: list[tuple[Tensor, Tensor, Tensor, list[Any]]]) -> None:
-        if samples and fused and not multi and add_fused(
+        if samples and fused and add_fused(  # fused is False for multi-task models
                 torch.cat([s[0] for s in samples]).unsqueeze(0),
                 torch.cat([s[1] for s in samples]).unsqueeze(0)):
             samples.clear()
